@@ -1,0 +1,902 @@
+//! The market: one pure state machine that the daemon and the simulator both drive.
+//!
+//! `Market::tick(TickInput) -> TickOutcome` does, in order (DESIGN.md section 4):
+//! 1. apply the commands that arrived since the last tick (funding, bids, kills);
+//! 2. attribute the tick's active energy to agents by CPU time (idle energy is the house's);
+//! 3. settle the quantum that just ended: Landauer tax on erased bytes at the measured
+//!    temperature, memory rent from every living agent, fines for failed audits, bounties for
+//!    new claims (choosing which to audit with the seeded RNG);
+//! 4. end the grace period of dying agents whose time is up (apoptosis);
+//! 5. price: the PID controller turns temperature into a power budget, hence supply and reserve;
+//! 6. clear the auction; winners pay the uniform price for the coming quantum;
+//! 7. check the conservation invariant (also in release builds).
+//!
+//! An agent that cannot pay a charge pays what it has and starts dying: its bid is withdrawn,
+//! it is charged nothing more, and after `grace_ticks` it is dead. Nothing else kills an agent
+//! except its owner and the hard limits its sandbox reports ([`Command::Kill`]).
+//!
+//! Bids are capped by the wallet: the book holds `min(requested, max_bid, balance)`, re-priced
+//! whenever the balance moves, so a winner can always pay and the clearing never reads a
+//! wallet.
+
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::book::{AgentId, Bid, Clearing, OrderBook};
+use crate::energy::attribute;
+use crate::ledger::{Account, Books, Cause, Death, LedgerBatch, Transfer, TransferKind};
+use crate::pricing::{Offer, PidConfig, PidConfigError, PowerAllocator, offer};
+use crate::rules::{PPM, audit_fine, bounty, landauer_tax, memory_rent};
+use crate::units::{Bytes, GridPrice, MicroJoules, MilliCelsius, MilliWatts, Nanos, Tokens};
+
+/// Every knob of the market. Defaults are documented on each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarketConfig {
+    /// Length of one quantum (one tick). Default 10 ms.
+    pub quantum: Nanos,
+    /// CPU slots Maxwell owns (the most it can ever sell per quantum). Default 2.
+    pub slots_max: u32,
+    /// Power one busy slot adds to the machine's draw (`P_slot`). Default 15 W.
+    pub slot_power: MilliWatts,
+    /// Tokens per joule. Default 1 JOULE per joule.
+    pub grid_price: GridPrice,
+    /// The thermal controller. Default: switch on at 60 C, control at 80 C, sustainable power
+    /// of one and a half slots, gains estimated as Linux does.
+    pub pid: PidConfig,
+    /// Memory rent, as power per GiB resident priced at the grid price. Default 1 W/GiB: DRAM
+    /// draws about 0.4 W/GiB, and the rest is the cost of the memory being unavailable to
+    /// anyone else.
+    pub rent_per_gib: MilliWatts,
+    /// How far real erasure is from Landauer's bound. Default 1e12 (the seed's figure).
+    pub landauer_inefficiency: f64,
+    /// Bounty per verified unit of useful work. Default 0.004 JOULE.
+    pub bounty_per_unit: Tokens,
+    /// Probability `q` that a claim is audited, in parts per million. Default 10_000 (1%).
+    pub audit_ppm: u32,
+    /// Ticks between insolvency and death. Default 50 (0.5 s at 10 ms).
+    pub grace_ticks: u32,
+    /// Audits awaiting a verdict at most; claims beyond this are refused until verdicts come
+    /// in. Default 65_536.
+    pub max_pending_audits: usize,
+    /// Seed of the audit lottery.
+    pub seed: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        let slot_power = MilliWatts(15_000);
+        let slots_max = 2;
+        MarketConfig {
+            quantum: Nanos::from_millis(10),
+            slots_max,
+            slot_power,
+            grid_price: GridPrice(Tokens::joules(1)),
+            pid: PidConfig::estimated(
+                MilliCelsius(60_000),
+                MilliCelsius(80_000),
+                MilliWatts(slot_power.0 * 3 / 2),
+                MilliWatts(slot_power.0 * u64::from(slots_max)),
+            ),
+            rent_per_gib: MilliWatts(1_000),
+            landauer_inefficiency: 1e12,
+            bounty_per_unit: Tokens(4_000),
+            audit_ppm: 10_000,
+            grace_ticks: 50,
+            max_pending_audits: 65_536,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a market configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarketConfigError {
+    /// The quantum is zero.
+    #[error("quantum must be longer than zero (e.g. quantum = \"10ms\")")]
+    Quantum,
+    /// Slot power is zero.
+    #[error("slot_power must be above zero (e.g. slot_power = \"15W\")")]
+    SlotPower,
+    /// The audit probability is out of range.
+    #[error(
+        "audit probability must be between 1 and 1000000 parts per million, got {0} (10000 is 1%)"
+    )]
+    AuditRate(u32),
+    /// The inefficiency is not a finite non-negative number.
+    #[error("landauer_inefficiency must be a finite number >= 0 (the seed uses 1e12)")]
+    Inefficiency,
+    /// The controller is malformed.
+    #[error("pid: {0}")]
+    Pid(#[from] PidConfigError),
+}
+
+impl MarketConfig {
+    /// Checks the configuration before a market is built from it.
+    pub fn validate(&self) -> Result<(), MarketConfigError> {
+        if self.quantum.0 == 0 {
+            return Err(MarketConfigError::Quantum);
+        }
+        if self.slot_power.0 == 0 {
+            return Err(MarketConfigError::SlotPower);
+        }
+        if self.audit_ppm == 0 || self.audit_ppm > PPM {
+            return Err(MarketConfigError::AuditRate(self.audit_ppm));
+        }
+        if !self.landauer_inefficiency.is_finite() || self.landauer_inefficiency < 0.0 {
+            return Err(MarketConfigError::Inefficiency);
+        }
+        self.pid.validate()?;
+        Ok(())
+    }
+}
+
+/// What an agent is admitted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    /// The most the agent's owner lets it bid per slot, whatever it asks.
+    pub max_bid: Tokens,
+}
+
+/// Where an agent is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Life {
+    /// Trading.
+    Alive,
+    /// Insolvent or killed; frozen out of the market until its grace period ends.
+    Dying {
+        /// Tick it started dying.
+        since_tick: u64,
+        /// Why.
+        cause: Cause,
+    },
+    /// Gone.
+    Dead {
+        /// Tick of death.
+        at_tick: u64,
+        /// Why.
+        cause: Cause,
+    },
+}
+
+/// Money an agent paid, by category.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spending {
+    /// Slot payments.
+    pub slots: Tokens,
+    /// Memory rent.
+    pub rent: Tokens,
+    /// Landauer tax.
+    pub landauer: Tokens,
+    /// Audit fines.
+    pub fines: Tokens,
+}
+
+/// Running totals for one agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// Energy attributed to it.
+    pub energy: MicroJoules,
+    /// CPU time reported for it.
+    pub cpu: Nanos,
+    /// Bytes it erased.
+    pub erased: Bytes,
+    /// Quanta it won.
+    pub quanta_won: u64,
+    /// Units of work claimed and paid for.
+    pub work_claimed: u64,
+    /// Units of work whose audit failed.
+    pub work_refuted: u64,
+    /// Claims audited and passed.
+    pub audits_passed: u64,
+    /// Claims audited and failed.
+    pub audits_failed: u64,
+    /// Bounties received.
+    pub bounties: Tokens,
+    /// Funding received.
+    pub funded: Tokens,
+    /// Money paid, by category.
+    pub spent: Spending,
+}
+
+#[derive(Debug, Clone)]
+struct AgentState {
+    life: Life,
+    max_bid: Tokens,
+    requested: Option<Tokens>,
+    resident: Bytes,
+    on_probation: bool,
+    stats: AgentStats,
+}
+
+/// An instruction from the agents' owners or the sandboxes, applied at the start of a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Command {
+    /// Mint `amount` into an agent's wallet.
+    Fund {
+        /// Whom.
+        agent: AgentId,
+        /// How much.
+        amount: Tokens,
+    },
+    /// Mint `amount` into the bounty pool.
+    FundBountyPool {
+        /// How much.
+        amount: Tokens,
+    },
+    /// Place or change an agent's standing bid (a change loses the old bid's age).
+    Bid {
+        /// Whose.
+        agent: AgentId,
+        /// Price per slot per quantum.
+        price: Tokens,
+    },
+    /// Withdraw an agent's bid.
+    CancelBid {
+        /// Whose.
+        agent: AgentId,
+    },
+    /// Start an agent's apoptosis: its owner asked, or its sandbox reports a broken limit.
+    Kill {
+        /// Whom.
+        agent: AgentId,
+        /// Why (`Owner` or `Limit`).
+        cause: Cause,
+    },
+}
+
+/// Why a command, claim or verdict was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// No such agent.
+    #[error("agent {0} does not exist")]
+    UnknownAgent(u32),
+    /// The agent is dying or dead.
+    #[error("agent {0} is not alive")]
+    NotAlive(u32),
+    /// The amount would overflow a balance.
+    #[error("amount overflows the books")]
+    Overflow,
+    /// Too many audits await verdicts.
+    #[error("audit backlog full: answer pending audits first")]
+    AuditBacklog,
+    /// A claim id is already awaiting audit.
+    #[error("claim {0} is already pending")]
+    DuplicateClaim(u64),
+    /// A verdict names no pending audit.
+    #[error("no audit is pending for claim {0}")]
+    UnknownClaim(u64),
+    /// `Kill` must carry an owner or limit cause.
+    #[error("a kill must give the owner or a containment limit as its cause")]
+    BadKillCause,
+}
+
+/// A driver-chosen identifier of one claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClaimId(pub u64);
+
+/// A claim of useful work. The driver keeps its contents and verifies it when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Driver-chosen id, unique among pending audits.
+    pub id: ClaimId,
+    /// Who claims.
+    pub agent: AgentId,
+    /// Units of work claimed.
+    pub units: u64,
+}
+
+/// The driver's answer to an audit request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The audited claim.
+    pub claim: ClaimId,
+    /// Whether recomputation confirmed it.
+    pub passed: bool,
+}
+
+/// What an agent's sandbox measured over the last quantum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Whose.
+    pub agent: AgentId,
+    /// CPU time used.
+    pub cpu: Nanos,
+    /// Resident memory now (rent is charged on it every tick until the next report).
+    pub resident: Bytes,
+    /// Bytes erased (freed or overwritten) during the quantum.
+    pub erased: Bytes,
+}
+
+/// Everything the market learns in one tick. The market reads no clock: `now` is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickInput {
+    /// The time of this tick on the driver's clock.
+    pub now: Nanos,
+    /// Die temperature now.
+    pub temperature: MilliCelsius,
+    /// Energy the machine used since the last tick (wrap-corrected).
+    pub energy: MicroJoules,
+    /// The idle part of that energy (the house's).
+    pub energy_idle: MicroJoules,
+    /// Per-agent measurements for the quantum that ended.
+    pub usage: Vec<Usage>,
+    /// Commands since the last tick, applied in order.
+    pub commands: Vec<Command>,
+    /// New claims of useful work.
+    pub claims: Vec<Claim>,
+    /// Verdicts on audits requested earlier.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// A request to verify a claim by recomputation; answer with a [`Verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRequest {
+    /// The claim.
+    pub claim: ClaimId,
+    /// Its author.
+    pub agent: AgentId,
+}
+
+/// What the market decided in one tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TickOutcome {
+    /// The tick number (the first tick is 1).
+    pub tick: u64,
+    /// Budget, supply and reserve.
+    pub offer: Offer,
+    /// Winners of the coming quantum and the price each paid.
+    pub clearing: Clearing,
+    /// Every transfer and death of the tick, to commit atomically.
+    pub batch: LedgerBatch,
+    /// Claims to verify.
+    pub audits: Vec<AuditRequest>,
+    /// Agents that started dying this tick: signal them to stop (SIGTERM, a trap).
+    pub dying: Vec<(AgentId, Cause)>,
+    /// Agents whose grace ended this tick: kill them and remove their sandboxes.
+    pub deaths: Vec<AgentId>,
+    /// What was refused this tick, and why.
+    pub refused: Vec<(String, Refusal)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingAudit {
+    agent: AgentId,
+    units: u64,
+    nominal_bounty: Tokens,
+    audit_ppm: u32,
+}
+
+/// The market state. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Market {
+    config: MarketConfig,
+    pid: PowerAllocator,
+    book: OrderBook,
+    books: Books,
+    agents: Vec<AgentState>,
+    pending_audits: BTreeMap<ClaimId, PendingAudit>,
+    rng: ChaCha8Rng,
+    tick: u64,
+    last_now: Option<Nanos>,
+    bid_seq: u64,
+    last_offer: Option<Offer>,
+    last_temperature: MilliCelsius,
+    energy_house: MicroJoules,
+}
+
+impl Market {
+    /// A market with no agents.
+    pub fn new(config: MarketConfig) -> Result<Market, MarketConfigError> {
+        config.validate()?;
+        Ok(Market {
+            pid: PowerAllocator::new(config.pid.clone()),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            book: OrderBook::new(),
+            books: Books::default(),
+            agents: Vec::new(),
+            pending_audits: BTreeMap::new(),
+            tick: 0,
+            last_now: None,
+            bid_seq: 0,
+            last_offer: None,
+            last_temperature: MilliCelsius(0),
+            energy_house: MicroJoules(0),
+        })
+    }
+
+    /// Admits an agent with an empty wallet. Pure and deterministic: ids count up from zero.
+    pub fn admit(&mut self, spec: AgentSpec) -> AgentId {
+        let id = self.books.open_agent();
+        self.agents.push(AgentState {
+            life: Life::Alive,
+            max_bid: spec.max_bid,
+            requested: None,
+            resident: Bytes(0),
+            on_probation: false,
+            stats: AgentStats::default(),
+        });
+        debug_assert_eq!(self.agents.len(), self.books.n_agents());
+        id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MarketConfig {
+        &self.config
+    }
+
+    /// Ticks run so far.
+    pub fn tick_count(&self) -> u64 {
+        self.tick
+    }
+
+    /// Number of agents ever admitted.
+    pub fn n_agents(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// An agent's wallet balance.
+    pub fn balance(&self, agent: AgentId) -> Option<Tokens> {
+        self.books.balance(Account::Agent(agent))
+    }
+
+    /// Any account's balance (`None` for mint).
+    pub fn account_balance(&self, account: Account) -> Option<Tokens> {
+        self.books.balance(account)
+    }
+
+    /// Total ever minted.
+    pub fn minted(&self) -> Tokens {
+        self.books.minted()
+    }
+
+    /// Where an agent is in its life.
+    pub fn life(&self, agent: AgentId) -> Option<&Life> {
+        self.agents.get(agent.0 as usize).map(|a| &a.life)
+    }
+
+    /// An agent's running totals.
+    pub fn stats(&self, agent: AgentId) -> Option<&AgentStats> {
+        self.agents.get(agent.0 as usize).map(|a| &a.stats)
+    }
+
+    /// An agent's effective standing bid, as the book holds it.
+    pub fn bid(&self, agent: AgentId) -> Option<Bid> {
+        self.book.get(agent)
+    }
+
+    /// Standing bids.
+    pub fn book_depth(&self) -> usize {
+        self.book.len()
+    }
+
+    /// The last tick's offer.
+    pub fn last_offer(&self) -> Option<Offer> {
+        self.last_offer
+    }
+
+    /// Energy booked to the house (idle, and active energy nobody used the CPU for).
+    pub fn energy_house(&self) -> MicroJoules {
+        self.energy_house
+    }
+
+    /// Recounts the books.
+    pub fn check_conservation(&self) -> Result<(), crate::ledger::ConservationError> {
+        self.books.check_conservation()
+    }
+
+    fn state(&self, agent: AgentId) -> Result<&AgentState, Refusal> {
+        self.agents
+            .get(agent.0 as usize)
+            .ok_or(Refusal::UnknownAgent(agent.0))
+    }
+
+    fn alive(&self, agent: AgentId) -> Result<(), Refusal> {
+        match self.state(agent)?.life {
+            Life::Alive => Ok(()),
+            _ => Err(Refusal::NotAlive(agent.0)),
+        }
+    }
+
+    /// Moves money and records it in the batch. The market only moves money an account has,
+    /// so a failure here is a bug.
+    fn post(&mut self, batch: &mut LedgerBatch, t: Transfer) {
+        if let Err(e) = self.books.apply(&t) {
+            panic!("market bug: transfer {t:?} failed: {e}");
+        }
+        batch.transfers.push(t);
+    }
+
+    /// The effective bid: what was asked, capped by `max_bid` and the balance.
+    fn effective_bid(&self, agent: AgentId) -> Option<Tokens> {
+        let a = self.agents.get(agent.0 as usize)?;
+        let requested = a.requested?;
+        let balance = self.balance(agent)?;
+        Some(requested.min(a.max_bid).min(balance))
+    }
+
+    /// Re-prices a standing bid after the balance moved; keeps the bid's age.
+    fn rekey(&mut self, agent: AgentId) {
+        if let Some(price) = self.effective_bid(agent) {
+            self.book.reprice(agent, price);
+        }
+    }
+
+    /// Charges an agent. Pays in full, or pays everything it has and starts dying.
+    fn charge(
+        &mut self,
+        batch: &mut LedgerBatch,
+        out_dying: &mut Vec<(AgentId, Cause)>,
+        agent: AgentId,
+        amount: Tokens,
+        kind: TransferKind,
+    ) {
+        if amount == Tokens::ZERO {
+            return;
+        }
+        let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
+        let paid = balance.min(amount);
+        if paid > Tokens::ZERO {
+            let to = kind.house().unwrap_or(Account::HouseEnergy);
+            self.post(
+                batch,
+                Transfer {
+                    from: Account::Agent(agent),
+                    to,
+                    amount: paid,
+                    kind,
+                },
+            );
+            let spent = &mut self.agents[agent.0 as usize].stats.spent;
+            let bucket = match kind {
+                TransferKind::Rent => &mut spent.rent,
+                TransferKind::LandauerTax => &mut spent.landauer,
+                TransferKind::Fine => &mut spent.fines,
+                _ => &mut spent.slots,
+            };
+            *bucket = bucket.saturating_add(paid);
+        }
+        if paid < amount {
+            let cause = Cause::Insolvent {
+                charge: kind,
+                owed: amount,
+                paid,
+            };
+            self.begin_dying(agent, cause.clone());
+            out_dying.push((agent, cause));
+        } else {
+            self.rekey(agent);
+        }
+    }
+
+    fn begin_dying(&mut self, agent: AgentId, cause: Cause) {
+        self.book.cancel(agent);
+        let a = &mut self.agents[agent.0 as usize];
+        a.requested = None;
+        a.life = Life::Dying {
+            since_tick: self.tick,
+            cause,
+        };
+    }
+
+    fn apply_command(
+        &mut self,
+        batch: &mut LedgerBatch,
+        out_dying: &mut Vec<(AgentId, Cause)>,
+        cmd: &Command,
+    ) -> Result<(), Refusal> {
+        match cmd {
+            Command::Fund { agent, amount } => {
+                self.alive(*agent)?;
+                let t = Transfer {
+                    from: Account::Mint,
+                    to: Account::Agent(*agent),
+                    amount: *amount,
+                    kind: TransferKind::Funding,
+                };
+                self.books.apply(&t).map_err(|_| Refusal::Overflow)?;
+                batch.transfers.push(t);
+                let s = &mut self.agents[agent.0 as usize].stats;
+                s.funded = s.funded.saturating_add(*amount);
+                self.rekey(*agent);
+            }
+            Command::FundBountyPool { amount } => {
+                let t = Transfer {
+                    from: Account::Mint,
+                    to: Account::BountyPool,
+                    amount: *amount,
+                    kind: TransferKind::PoolFunding,
+                };
+                self.books.apply(&t).map_err(|_| Refusal::Overflow)?;
+                batch.transfers.push(t);
+            }
+            Command::Bid { agent, price } => {
+                self.alive(*agent)?;
+                self.agents[agent.0 as usize].requested = Some(*price);
+                let effective = self.effective_bid(*agent).unwrap_or(Tokens::ZERO);
+                self.bid_seq += 1;
+                let placed = self.book.place(Bid {
+                    agent: *agent,
+                    price: effective,
+                    placed_at: self.bid_seq,
+                });
+                debug_assert!(placed.is_ok(), "bid_seq never reaches u64::MAX");
+            }
+            Command::CancelBid { agent } => {
+                self.alive(*agent)?;
+                self.agents[agent.0 as usize].requested = None;
+                self.book.cancel(*agent);
+            }
+            Command::Kill { agent, cause } => {
+                if matches!(cause, Cause::Insolvent { .. }) {
+                    return Err(Refusal::BadKillCause);
+                }
+                self.alive(*agent)?;
+                self.begin_dying(*agent, cause.clone());
+                out_dying.push((*agent, cause.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// One tick. See the module documentation for the order of events.
+    ///
+    /// # Panics
+    /// If the conservation invariant fails after the tick: a bug, caught before the batch can
+    /// be committed.
+    pub fn tick(&mut self, input: TickInput) -> TickOutcome {
+        self.tick += 1;
+        let dt = match self.last_now {
+            Some(last) => input.now.saturating_sub(last),
+            None => self.config.quantum,
+        };
+        self.last_now = Some(input.now);
+        self.last_temperature = input.temperature;
+        let mut batch = LedgerBatch {
+            tick: self.tick,
+            ..LedgerBatch::default()
+        };
+        let mut dying = Vec::new();
+        let mut refused = Vec::new();
+
+        // 1. Commands.
+        for (i, cmd) in input.commands.iter().enumerate() {
+            if let Err(e) = self.apply_command(&mut batch, &mut dying, cmd) {
+                refused.push((format!("command {i}"), e));
+            }
+        }
+
+        // 2. Energy attribution among agents that are not dead.
+        let active = input.energy.saturating_sub(input.energy_idle);
+        let cpu: Vec<(AgentId, Nanos)> = input
+            .usage
+            .iter()
+            .filter(|u| {
+                self.agents
+                    .get(u.agent.0 as usize)
+                    .is_some_and(|a| !matches!(a.life, Life::Dead { .. }))
+            })
+            .map(|u| (u.agent, u.cpu))
+            .collect();
+        let shares = attribute(active, &cpu);
+        let attributed: u64 = shares.iter().map(|(_, e)| e.0).sum();
+        self.energy_house = self
+            .energy_house
+            .saturating_add(input.energy.saturating_sub(MicroJoules(attributed)));
+        for ((agent, e), (_, cpu_t)) in shares.iter().zip(&cpu) {
+            let s = &mut self.agents[agent.0 as usize].stats;
+            s.energy = s.energy.saturating_add(*e);
+            s.cpu = Nanos(s.cpu.0.saturating_add(cpu_t.0));
+        }
+
+        // 3a. Usage: resident memory and the Landauer tax on erasure.
+        let grid = self.config.grid_price;
+        for u in &input.usage {
+            let Some(a) = self.agents.get_mut(u.agent.0 as usize) else {
+                refused.push((
+                    format!("usage of agent {}", u.agent.0),
+                    Refusal::UnknownAgent(u.agent.0),
+                ));
+                continue;
+            };
+            if !matches!(a.life, Life::Alive) {
+                continue;
+            }
+            a.resident = u.resident;
+            a.stats.erased = Bytes(a.stats.erased.0.saturating_add(u.erased.0));
+            let tax = landauer_tax(
+                u.erased,
+                input.temperature,
+                self.config.landauer_inefficiency,
+                grid,
+            );
+            self.charge(
+                &mut batch,
+                &mut dying,
+                u.agent,
+                tax,
+                TransferKind::LandauerTax,
+            );
+        }
+
+        // 3b. Rent from every living agent, frozen or not.
+        for idx in 0..self.agents.len() {
+            let a = &self.agents[idx];
+            if !matches!(a.life, Life::Alive) {
+                continue;
+            }
+            let rent = memory_rent(a.resident, self.config.rent_per_gib, dt, grid);
+            self.charge(
+                &mut batch,
+                &mut dying,
+                AgentId(idx as u32),
+                rent,
+                TransferKind::Rent,
+            );
+        }
+
+        // 3c. Verdicts: a failed audit costs bounty / q and puts the agent on probation.
+        for v in &input.verdicts {
+            let Some(p) = self.pending_audits.remove(&v.claim) else {
+                refused.push((
+                    format!("verdict on claim {}", v.claim.0),
+                    Refusal::UnknownClaim(v.claim.0),
+                ));
+                continue;
+            };
+            let a = &mut self.agents[p.agent.0 as usize];
+            if v.passed {
+                a.stats.audits_passed += 1;
+                continue;
+            }
+            a.stats.audits_failed += 1;
+            a.stats.work_refuted = a.stats.work_refuted.saturating_add(p.units);
+            a.on_probation = true;
+            if matches!(a.life, Life::Alive) {
+                let fine = audit_fine(p.nominal_bounty, p.audit_ppm);
+                self.charge(&mut batch, &mut dying, p.agent, fine, TransferKind::Fine);
+            }
+        }
+
+        // 3d. Claims: pay the bounty optimistically, audit with probability q (always while on
+        // probation).
+        let mut audits = Vec::new();
+        for c in &input.claims {
+            if let Err(e) = self.alive(c.agent) {
+                refused.push((format!("claim {}", c.id.0), e));
+                continue;
+            }
+            if self.pending_audits.contains_key(&c.id) {
+                refused.push((format!("claim {}", c.id.0), Refusal::DuplicateClaim(c.id.0)));
+                continue;
+            }
+            let on_probation = self.agents[c.agent.0 as usize].on_probation;
+            let ppm = if on_probation {
+                PPM
+            } else {
+                self.config.audit_ppm
+            };
+            let audited = on_probation || (self.rng.next_u64() % u64::from(PPM)) < u64::from(ppm);
+            if audited && self.pending_audits.len() >= self.config.max_pending_audits {
+                refused.push((format!("claim {}", c.id.0), Refusal::AuditBacklog));
+                continue;
+            }
+            let nominal = bounty(c.units, self.config.bounty_per_unit);
+            let pool = self
+                .books
+                .balance(Account::BountyPool)
+                .unwrap_or(Tokens::ZERO);
+            let paid = nominal.min(pool);
+            if paid > Tokens::ZERO {
+                self.post(
+                    &mut batch,
+                    Transfer {
+                        from: Account::BountyPool,
+                        to: Account::Agent(c.agent),
+                        amount: paid,
+                        kind: TransferKind::Bounty,
+                    },
+                );
+            }
+            let s = &mut self.agents[c.agent.0 as usize].stats;
+            s.bounties = s.bounties.saturating_add(paid);
+            s.work_claimed = s.work_claimed.saturating_add(c.units);
+            self.rekey(c.agent);
+            if audited {
+                self.pending_audits.insert(
+                    c.id,
+                    PendingAudit {
+                        agent: c.agent,
+                        units: c.units,
+                        nominal_bounty: nominal,
+                        audit_ppm: ppm,
+                    },
+                );
+                audits.push(AuditRequest {
+                    claim: c.id,
+                    agent: c.agent,
+                });
+            }
+        }
+
+        // 4. Apoptosis: dying agents whose grace is over die now.
+        let mut deaths = Vec::new();
+        for (idx, a) in self.agents.iter_mut().enumerate() {
+            if let Life::Dying { since_tick, cause } = &a.life
+                && self.tick >= since_tick.saturating_add(u64::from(self.config.grace_ticks))
+            {
+                let cause = cause.clone();
+                batch.deaths.push(Death {
+                    agent: AgentId(idx as u32),
+                    cause: cause.clone(),
+                });
+                deaths.push(AgentId(idx as u32));
+                a.life = Life::Dead {
+                    at_tick: self.tick,
+                    cause,
+                };
+                a.resident = Bytes(0);
+            }
+        }
+
+        // 5. Price.
+        let budget = self.pid.step(input.temperature, dt);
+        let offer = offer(
+            budget,
+            self.config.pid.power_sustainable,
+            self.config.slot_power,
+            self.config.slots_max,
+            self.config.quantum,
+            grid,
+        );
+        self.last_offer = Some(offer);
+
+        // 6. Clear; winners pay the uniform price. Bids are capped by balances, so every winner
+        // can pay.
+        let clearing = self.book.clear(offer.supply, offer.reserve);
+        assert!(clearing.winners.len() <= offer.supply as usize);
+        for &w in &clearing.winners {
+            let bid = self.book.get(w).map_or(Tokens::ZERO, |b| b.price);
+            assert!(bid >= clearing.price, "a winner never pays more than its bid");
+            self.post(
+                &mut batch,
+                Transfer {
+                    from: Account::Agent(w),
+                    to: Account::HouseEnergy,
+                    amount: clearing.price,
+                    kind: TransferKind::SlotPayment,
+                },
+            );
+            let s = &mut self.agents[w.0 as usize].stats;
+            s.quanta_won += 1;
+            s.spent.slots = s.spent.slots.saturating_add(clearing.price);
+            self.rekey(w);
+        }
+
+        // 7. The invariant, in every build.
+        if let Err(e) = self.books.check_conservation() {
+            panic!("tick {}: {e}", self.tick);
+        }
+
+        TickOutcome {
+            tick: self.tick,
+            offer,
+            clearing,
+            batch,
+            audits,
+            dying,
+            deaths,
+            refused,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn market() -> Market {
+    Market::new(MarketConfig {
+        grace_ticks: 2,
+        ..MarketConfig::default()
+    })
+    .unwrap()
+}
+
+fn cool(now_tick: u64) -> TickInput {
+    TickInput {
+        now: Nanos::from_millis(10 * now_tick),
+        temperature: MilliCelsius(40_000),
+        ..TickInput::default()
+    }
+}
+
+fn admit_funded(m: &mut Market, funds: u64, price: u64) -> (AgentId, Vec<Command>) {
+    let a = m.admit(AgentSpec {
+        max_bid: Tokens(u64::MAX),
+    });
+    (
+        a,
+        vec![
+            Command::Fund {
+                agent: a,
+                amount: Tokens(funds),
+            },
+            Command::Bid {
+                agent: a,
+                price: Tokens(price),
+            },
+        ],
+    )
+}
+
+#[test]
+fn winners_pay_the_uniform_price_and_the_books_balance() {
+    let mut m = market();
+    let mut commands = Vec::new();
+    let mut ids = Vec::new();
+    for price in [500_000, 400_000, 300_000] {
+        let (a, c) = admit_funded(&mut m, 10_000_000, price);
+        ids.push(a);
+        commands.extend(c);
+    }
+    let out = m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    // Cool: full budget, 2 slots, reserve = 15 W * 10 ms = 0.15 JOULE.
+    assert_eq!(out.offer.supply, 2);
+    assert_eq!(out.offer.reserve, Tokens(150_000));
+    assert_eq!(out.clearing.winners, vec![ids[0], ids[1]]);
+    assert_eq!(out.clearing.price, Tokens(300_000));
+    assert_eq!(m.balance(ids[0]), Some(Tokens(9_700_000)));
+    assert_eq!(m.balance(ids[2]), Some(Tokens(10_000_000)));
+    assert_eq!(
+        m.account_balance(Account::HouseEnergy),
+        Some(Tokens(600_000))
+    );
+    m.check_conservation().unwrap();
+}
+
+#[test]
+fn bids_are_capped_by_balance_and_max_bid() {
+    let mut m = market();
+    let capped = m.admit(AgentSpec {
+        max_bid: Tokens(200_000),
+    });
+    let poor = m.admit(AgentSpec {
+        max_bid: Tokens(u64::MAX),
+    });
+    m.tick(TickInput {
+        commands: vec![
+            Command::Fund {
+                agent: capped,
+                amount: Tokens(10_000_000),
+            },
+            Command::Bid {
+                agent: capped,
+                price: Tokens(9_000_000),
+            },
+            Command::Fund {
+                agent: poor,
+                amount: Tokens(160_000),
+            },
+            Command::Bid {
+                agent: poor,
+                price: Tokens(9_000_000),
+            },
+        ],
+        ..cool(1)
+    });
+    // Both won a slot at the reserve; the poor one's bid is now capped by its 10_000 left.
+    assert_eq!(m.bid(capped).map(|b| b.price), Some(Tokens(200_000)));
+    assert_eq!(m.bid(poor).map(|b| b.price), Some(Tokens(10_000)));
+    let out = m.tick(cool(2));
+    assert_eq!(out.clearing.winners, vec![capped]);
+}
+
+#[test]
+fn a_squatter_pays_rent_until_it_dies_after_its_grace() {
+    let mut m = market();
+    let s = m.admit(AgentSpec {
+        max_bid: Tokens(0),
+    });
+    // 8 GiB at 1 W/GiB for 10 ms: 80_000 micro-tokens a tick. Funds for 2.5 ticks.
+    let usage = vec![Usage {
+        agent: s,
+        cpu: Nanos(0),
+        resident: Bytes::gib(8),
+        erased: Bytes(0),
+    }];
+    let out = m.tick(TickInput {
+        commands: vec![Command::Fund {
+            agent: s,
+            amount: Tokens(200_000),
+        }],
+        usage: usage.clone(),
+        ..cool(1)
+    });
+    assert!(out.dying.is_empty());
+    m.tick(cool(2));
+    let out = m.tick(cool(3));
+    assert_eq!(out.dying.len(), 1);
+    assert_eq!(
+        out.dying[0].1,
+        Cause::Insolvent {
+            charge: TransferKind::Rent,
+            owed: Tokens(80_000),
+            paid: Tokens(40_000)
+        }
+    );
+    assert_eq!(m.balance(s), Some(Tokens(0)));
+    assert!(m.tick(cool(4)).deaths.is_empty());
+    let out = m.tick(cool(5));
+    assert_eq!(out.deaths, vec![s]);
+    assert_eq!(out.batch.deaths.len(), 1);
+    assert!(matches!(m.life(s), Some(Life::Dead { at_tick: 5, .. })));
+    assert_eq!(m.stats(s).unwrap().spent.rent, Tokens(200_000));
+    // The dead neither pay nor trade.
+    let out = m.tick(TickInput {
+        commands: vec![Command::Fund {
+            agent: s,
+            amount: Tokens(1),
+        }],
+        ..cool(6)
+    });
+    assert_eq!(out.refused.len(), 1);
+}
+
+#[test]
+fn landauer_tax_uses_the_measured_temperature() {
+    let mut cold_m = market();
+    let mut hot_m = market();
+    let mut charged = Vec::new();
+    for (m, temp) in [(&mut cold_m, 30_000), (&mut hot_m, 90_000)] {
+        let (a, commands) = admit_funded(m, 100_000_000, 0);
+        m.tick(TickInput {
+            commands,
+            ..cool(1)
+        });
+        let out = m.tick(TickInput {
+            temperature: MilliCelsius(temp),
+            usage: vec![Usage {
+                agent: a,
+                cpu: Nanos(1),
+                resident: Bytes(0),
+                erased: Bytes::mib(64),
+            }],
+            ..cool(2)
+        });
+        let tax: Vec<Tokens> = out
+            .batch
+            .transfers
+            .iter()
+            .filter(|t| t.kind == TransferKind::LandauerTax)
+            .map(|t| t.amount)
+            .collect();
+        charged.push(tax[0]);
+    }
+    assert!(charged[1] > charged[0]);
+    // Ratio of absolute temperatures.
+    let ratio = charged[1].0 as f64 / charged[0].0 as f64;
+    assert!((ratio - 363.15 / 303.15).abs() < 1e-4, "{ratio}");
+}
+
+#[test]
+fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
+    let mut m = Market::new(MarketConfig {
+        audit_ppm: PPM, // audit everything, so the test is deterministic
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    let (liar, mut commands) = admit_funded(&mut m, 10_000_000, 0);
+    commands.push(Command::FundBountyPool {
+        amount: Tokens(1_000_000_000),
+    });
+    let out = m.tick(TickInput {
+        commands,
+        claims: vec![Claim {
+            id: ClaimId(1),
+            agent: liar,
+            units: 100,
+        }],
+        ..cool(1)
+    });
+    assert_eq!(
+        out.audits,
+        vec![AuditRequest {
+            claim: ClaimId(1),
+            agent: liar
+        }]
+    );
+    // Bounty paid optimistically: 100 units at 0.004 JOULE.
+    assert_eq!(m.balance(liar), Some(Tokens(10_400_000)));
+    m.tick(TickInput {
+        verdicts: vec![Verdict {
+            claim: ClaimId(1),
+            passed: false,
+        }],
+        ..cool(2)
+    });
+    // q = 1, so the fine is the bounty itself.
+    assert_eq!(m.balance(liar), Some(Tokens(10_000_000)));
+    assert_eq!(m.stats(liar).unwrap().audits_failed, 1);
+    // A verdict for an unknown claim is refused, not applied.
+    let out = m.tick(TickInput {
+        verdicts: vec![Verdict {
+            claim: ClaimId(1),
+            passed: false,
+        }],
+        ..cool(3)
+    });
+    assert_eq!(out.refused[0].1, Refusal::UnknownClaim(1));
+}
+
+#[test]
+fn probation_audits_every_later_claim() {
+    let mut m = Market::new(MarketConfig {
+        audit_ppm: 1, // one in a million
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    let (a, mut commands) = admit_funded(&mut m, 1_000_000_000, 0);
+    commands.push(Command::FundBountyPool {
+        amount: Tokens(1_000_000_000),
+    });
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    m.agents[a.0 as usize].on_probation = true;
+    let claims: Vec<Claim> = (0..20)
+        .map(|i| Claim {
+            id: ClaimId(i),
+            agent: a,
+            units: 1,
+        })
+        .collect();
+    let out = m.tick(TickInput { claims, ..cool(2) });
+    assert_eq!(out.audits.len(), 20);
+}
+
+#[test]
+fn kills_need_an_owner_or_limit_cause() {
+    let mut m = market();
+    let (a, commands) = admit_funded(&mut m, 1_000_000, 200_000);
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    let out = m.tick(TickInput {
+        commands: vec![
+            Command::Kill {
+                agent: a,
+                cause: Cause::Insolvent {
+                    charge: TransferKind::Rent,
+                    owed: Tokens(1),
+                    paid: Tokens(0),
+                },
+            },
+            Command::Kill {
+                agent: a,
+                cause: Cause::Owner,
+            },
+        ],
+        ..cool(2)
+    });
+    assert_eq!(out.refused[0].1, Refusal::BadKillCause);
+    assert_eq!(out.dying, vec![(a, Cause::Owner)]);
+    assert!(out.clearing.winners.is_empty(), "a dying agent does not trade");
+}
+
+#[test]
+fn heat_shrinks_supply_and_raises_the_reserve() {
+    let mut m = market();
+    let cool_offer = m.tick(cool(1)).offer;
+    let hot_offer = m
+        .tick(TickInput {
+            temperature: MilliCelsius(90_000),
+            ..cool(2)
+        })
+        .offer;
+    assert!(hot_offer.supply < cool_offer.supply);
+    assert!(hot_offer.reserve > cool_offer.reserve);
+}
+
+#[test]
+fn bad_config_is_refused_with_a_hint() {
+    let err = Market::new(MarketConfig {
+        audit_ppm: 0,
+        ..MarketConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("10000 is 1%"), "{err}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Fund(u8, u32),
+    Bid(u8, u32),
+    Cancel(u8),
+    Kill(u8),
+    Pool(u32),
+    Claim(u8, u8),
+    Usage(u8, u16, u16),
+    Verdict(bool),
+    Tick(i32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6, 0u32..2_000_000).prop_map(|(a, x)| Op::Fund(a, x)),
+        (0u8..6, 0u32..1_000_000).prop_map(|(a, x)| Op::Bid(a, x)),
+        (0u8..6).prop_map(Op::Cancel),
+        (0u8..6).prop_map(Op::Kill),
+        (0u32..5_000_000).prop_map(Op::Pool),
+        (0u8..6, 0u8..200).prop_map(|(a, u)| Op::Claim(a, u)),
+        (0u8..6, 0u16..4096, 0u16..512).prop_map(|(a, r, e)| Op::Usage(a, r, e)),
+        any::<bool>().prop_map(Op::Verdict),
+        (20_000i32..110_000).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    /// After any sequence of operations: the books balance (checked inside every tick too), a
+    /// shadow ledger that replays only the batches agrees with the market's balances, no winner
+    /// paid more than it asked, nobody but the living wins, and supply is never oversold.
+    #[test]
+    fn any_sequence_conserves_and_replays(ops in prop::collection::vec(op(), 1..250), seed in any::<u64>()) {
+        let mut m = Market::new(MarketConfig { seed, audit_ppm: 200_000, grace_ticks: 3, ..MarketConfig::default() }).unwrap();
+        let ids: Vec<AgentId> = (0..6).map(|i| m.admit(AgentSpec { max_bid: Tokens(100_000 * (i + 1)) })).collect();
+        let mut shadow = Books::default();
+        for _ in 0..6 { shadow.open_agent(); }
+        let mut input = TickInput::default();
+        let mut pending: Vec<ClaimId> = Vec::new();
+        let mut next_claim = 0u64;
+        let mut now = 0u64;
+        let mut requested = [None::<u64>; 6];
+        for op in ops {
+            match op {
+                Op::Fund(a, x) => input.commands.push(Command::Fund { agent: ids[a as usize], amount: Tokens(u64::from(x)) }),
+                Op::Bid(a, x) => { requested[a as usize] = Some(u64::from(x)); input.commands.push(Command::Bid { agent: ids[a as usize], price: Tokens(u64::from(x)) }) },
+                Op::Cancel(a) => input.commands.push(Command::CancelBid { agent: ids[a as usize] }),
+                Op::Kill(a) => input.commands.push(Command::Kill { agent: ids[a as usize], cause: Cause::Owner }),
+                Op::Pool(x) => input.commands.push(Command::FundBountyPool { amount: Tokens(u64::from(x)) }),
+                Op::Claim(a, u) => { next_claim += 1; input.claims.push(Claim { id: ClaimId(next_claim), agent: ids[a as usize], units: u64::from(u) }) },
+                Op::Usage(a, r, e) => input.usage.push(Usage { agent: ids[a as usize], cpu: Nanos(5_000_000), resident: Bytes::mib(u64::from(r)), erased: Bytes::mib(u64::from(e)) }),
+                Op::Verdict(passed) => if let Some(c) = pending.pop() { input.verdicts.push(Verdict { claim: c, passed }) },
+                Op::Tick(temp) => {
+                    now += 10_000_000;
+                    input.now = Nanos(now);
+                    input.temperature = MilliCelsius(temp);
+                    input.energy = MicroJoules(300_000);
+                    input.energy_idle = MicroJoules(100_000);
+                    let alive_before: Vec<bool> = ids.iter().map(|a| matches!(m.life(*a), Some(Life::Alive))).collect();
+                    let out = m.tick(std::mem::take(&mut input));
+                    for t in &out.batch.transfers { shadow.apply(t).unwrap(); }
+                    for a in &ids {
+                        prop_assert_eq!(shadow.balance(Account::Agent(*a)), m.balance(*a));
+                    }
+                    prop_assert!(out.clearing.winners.len() <= out.offer.supply as usize);
+                    for w in &out.clearing.winners {
+                        let i = w.0 as usize;
+                        prop_assert!(alive_before[i] || matches!(m.life(*w), Some(Life::Alive)));
+                        prop_assert!(matches!(m.life(*w), Some(Life::Alive)));
+                        prop_assert!(out.clearing.price.0 <= requested[i].unwrap_or(0));
+                        prop_assert!(out.clearing.price.0 <= 100_000 * (i as u64 + 1));
+                    }
+                    pending.extend(out.audits.iter().map(|a| a.claim));
+                    prop_assert!(m.check_conservation().is_ok());
+                }
+            }
+        }
+    }
+}
