@@ -1,1 +1,168 @@
-fn main() {}
+//! `maxwell`: the one binary. Schedules untrusted agents by price and physics.
+//!
+//! Subcommands: `demo` (the headline experiment; for now the simulated Scientist-vs-Leech
+//! scenario), `simulate` (the deterministic simulator), `auction clear` (clear one auction from
+//! JSON, to check a clearing by hand), `bench auction` (the order book against the naive design).
+
+#![forbid(unsafe_code)]
+
+mod auction;
+mod bench;
+mod simulate;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Counts heap bytes so that `maxwell bench auction` can report memory per standing bid.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Bytes currently allocated on the heap.
+pub(crate) fn heap_bytes() -> usize {
+    ALLOCATOR.allocated()
+}
+
+/// Exit codes, documented in `maxwell --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Exit {
+    /// Everything worked.
+    Success = 0,
+    /// An error: bad input, a file that cannot be read.
+    Error = 1,
+    /// Bad command-line usage (clap's own code).
+    #[allow(dead_code)]
+    Usage = 2,
+    /// The run finished but an invariant or a target failed.
+    Failed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "maxwell",
+    version,
+    about = "Schedule untrusted agents by price and physics instead of by fairness.",
+    long_about = "Maxwell sells the CPU slots a machine's thermal budget allows in a uniform-price \
+auction every tick. Agents pay for slots, rent for memory and a Landauer tax for erasure, earn \
+bounties for verified work, and die when they cannot pay.",
+    after_help = "Start with `maxwell demo`. Exit codes: 0 success, 1 error, 2 usage, 3 the run \
+finished but an invariant or a target failed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Scientist-vs-Leech demo (currently the deterministic simulation).
+    Demo(DemoArgs),
+    /// Run a scenario in the deterministic simulator and tell its story.
+    Simulate(SimulateArgs),
+    /// Work with single auctions.
+    #[command(subcommand)]
+    Auction(AuctionCommand),
+    /// Measure performance against baselines in one run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON instead of the story.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Seed of every random choice; the same seed and scenario give identical output.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Scenario file (TOML). Default: the built-in Scientist-vs-Leech scenario.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Print the summary as JSON instead of the story.
+    #[arg(long)]
+    json: bool,
+    /// Print the built-in scenario (a starting point for your own) and exit.
+    #[arg(long, conflicts_with_all = ["scenario", "json"])]
+    print_scenario: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuctionCommand {
+    /// Clear one auction read from standard input as JSON.
+    ///
+    /// Input: {"supply": k, "reserve": r, "bids": [{"agent": "a", "price": p, "placed_at": t}]}.
+    /// Prices are integers in micro-JOULE or strings with a unit ("0.5 JOULE"); agents are names
+    /// or numbers. Output: {"winners": [...], "price": p}: the top min(k, #bids >= r) bids win
+    /// (ties: older placed_at, then agent) and all pay max(r, highest losing bid).
+    Clear(ClearArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClearArgs {
+    /// Also clear with the brute-force reference and report whether both agree.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The order book against the naive heap-per-tick design, at 1k to 1M standing bids.
+    Auction(bench::AuctionBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            // A closed pipe (`maxwell simulate | head`) is not a failure.
+            if e
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return Exit::Success.into();
+            }
+            let _ = writeln!(io::stderr(), "maxwell: error: {e:#}");
+            Exit::Error.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Demo(a) => simulate::demo(a.seed, a.json),
+        Command::Simulate(a) => {
+            if a.print_scenario {
+                write_out(maxwell_sim::DEFAULT_SCENARIO)?;
+                return Ok(Exit::Success);
+            }
+            simulate::simulate(a.seed, a.scenario.as_deref(), a.json)
+        }
+        Command::Auction(AuctionCommand::Clear(a)) => auction::clear(a.check),
+        Command::Bench(BenchCommand::Auction(a)) => bench::auction(&a),
+    }
+}
+
+/// Writes to standard output, passing broken pipes up as `io::Error`s.
+pub(crate) fn write_out(s: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -480,6 +480,35 @@ impl fmt::Display for MilliCelsius {
     }
 }
 
+impl fmt::Display for Nanos {
+    /// The largest unit that shows the value exactly: `10ms`, `1500ms`, `40s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n != 0 && n % NANOS_PER_SEC == 0 {
+            write!(f, "{}s", n / NANOS_PER_SEC)
+        } else if n % 1_000_000 == 0 {
+            write!(f, "{}ms", n / 1_000_000)
+        } else if n % 1_000 == 0 {
+            write!(f, "{}us", n / 1_000)
+        } else {
+            write!(f, "{n}ns")
+        }
+    }
+}
+
+impl fmt::Display for Bytes {
+    /// The largest binary unit that shows the value exactly: `64MiB`, `8GiB`, `100B`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if n != 0 && n % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
 /// Serde helpers that read quantities from strings with units (`"15W"`) in configuration files.
 pub mod serde_str {
     use std::fmt::Display;
@@ -532,6 +561,18 @@ mod tests {
         check("80C", MilliCelsius(80_000));
         check("-5.5C", MilliCelsius(-5_500));
         check("0.15J", MicroJoules(150_000));
+    }
+
+    #[test]
+    fn durations_and_sizes_display_as_they_parse() {
+        for s in ["10ms", "40s", "250us", "7ns", "64MiB", "8GiB", "100B", "4KiB"] {
+            let shown = s
+                .parse::<Nanos>()
+                .map(|n| n.to_string())
+                .or_else(|_| s.parse::<Bytes>().map(|b| b.to_string()))
+                .unwrap();
+            assert_eq!(shown, s);
+        }
     }
 
     #[test]
