@@ -1,0 +1,35 @@
+//! End-to-end tests of the `maxwell` binary. One test binary for the crate; modules by command.
+
+mod auction;
+mod simulate;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `maxwell` with `args` and `stdin`, returning its output.
+pub fn maxwell(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maxwell"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn maxwell");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
