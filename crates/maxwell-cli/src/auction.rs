@@ -6,8 +6,8 @@ use std::io::Read;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use maxwell_core::book::{AgentId, Bid, OrderBook, reference_clear};
 use maxwell_core::Tokens;
+use maxwell_core::book::{AgentId, Bid, OrderBook, reference_clear};
 
 use crate::{Exit, write_out};
 
@@ -31,7 +31,7 @@ impl Amount {
     fn tokens(&self, what: &str) -> anyhow::Result<Tokens> {
         match self {
             Amount::Micro(n) => Ok(Tokens(*n)),
-            Amount::Text(s) => s.parse().with_context(|| format!("{what}")),
+            Amount::Text(s) => s.parse().with_context(|| what.to_string()),
         }
     }
 }
@@ -62,7 +62,8 @@ struct Output {
     reference_agrees: Option<bool>,
 }
 
-const EXAMPLE: &str = r#"{"supply": 2, "reserve": 100, "bids": [{"agent": "a", "price": 300, "placed_at": 0}]}"#;
+const EXAMPLE: &str =
+    r#"{"supply": 2, "reserve": 100, "bids": [{"agent": "a", "price": 300, "placed_at": 0}]}"#;
 
 /// Reads, clears, prints.
 pub(crate) fn clear(check: bool) -> anyhow::Result<Exit> {

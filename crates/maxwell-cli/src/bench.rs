@@ -14,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use maxwell_core::book::{AgentId, Bid, OrderBook};
 use maxwell_core::Tokens;
+use maxwell_core::book::{AgentId, Bid, OrderBook};
 
 use crate::{Exit, heap_bytes, write_out};
 
@@ -187,7 +187,13 @@ pub(crate) fn auction(args: &AuctionBenchArgs) -> anyhow::Result<Exit> {
         let mut text = format!(
             "Clearing {} slots per tick: order book vs naive heap rebuilt every tick (median of rounds)\n\n\
              {:>9} {:>11} {:>15} {:>9} {:>11} {:>14}\n",
-            report.slots, "bids", "clear_us", "naive_clear_us", "speedup", "update_us", "bytes_per_bid"
+            report.slots,
+            "bids",
+            "clear_us",
+            "naive_clear_us",
+            "speedup",
+            "update_us",
+            "bytes_per_bid"
         );
         for s in &report.sizes {
             text.push_str(&format!(

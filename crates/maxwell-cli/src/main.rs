@@ -132,8 +132,7 @@ fn main() -> ExitCode {
         Ok(code) => code.into(),
         Err(e) => {
             // A closed pipe (`maxwell simulate | head`) is not a failure.
-            if e
-                .downcast_ref::<io::Error>()
+            if e.downcast_ref::<io::Error>()
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
             {
                 return Exit::Success.into();

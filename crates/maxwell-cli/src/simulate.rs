@@ -31,11 +31,13 @@ fn emit(summary: &Summary, json: bool) -> anyhow::Result<Exit> {
     } else {
         write_out(&render(summary, summary.tick_ms))?;
     }
-    Ok(if summary.conservation_ok && summary.violations.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Failed
-    })
+    Ok(
+        if summary.conservation_ok && summary.violations.is_empty() {
+            Exit::Success
+        } else {
+            Exit::Failed
+        },
+    )
 }
 
 /// Runs a scenario and prints the story or the JSON summary.

@@ -288,7 +288,11 @@ mod tests {
             price: Tokens(price),
         };
         assert_eq!(got, want, "book");
-        assert_eq!(reference_clear(bids, supply, Tokens(reserve)), want, "reference");
+        assert_eq!(
+            reference_clear(bids, supply, Tokens(reserve)),
+            want,
+            "reference"
+        );
     }
 
     #[test]
@@ -323,7 +327,11 @@ mod tests {
         assert_eq!(old, Some(bid(1, 10, 0)));
         assert_eq!(book.len(), 1);
         assert!(book.reprice(AgentId(1), Tokens(5)));
-        assert_eq!(book.get(AgentId(1)), Some(bid(1, 5, 1)), "reprice keeps age");
+        assert_eq!(
+            book.get(AgentId(1)),
+            Some(bid(1, 5, 1)),
+            "reprice keeps age"
+        );
         assert_eq!(book.cancel(AgentId(1)), Some(bid(1, 5, 1)));
         assert!(book.is_empty());
         assert_eq!(book.cancel(AgentId(1)), None);

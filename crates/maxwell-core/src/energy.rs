@@ -39,7 +39,10 @@ pub fn attribute(active: MicroJoules, cpu: &[(AgentId, Nanos)]) -> Vec<(AgentId,
             }
         }
     }
-    shares.into_iter().map(|(a, s, _)| (a, MicroJoules(s))).collect()
+    shares
+        .into_iter()
+        .map(|(a, s, _)| (a, MicroJoules(s)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -52,7 +55,11 @@ mod tests {
     fn splits_by_cpu_share() {
         let got = attribute(
             MicroJoules(100),
-            &[(AgentId(0), Nanos(1)), (AgentId(1), Nanos(1)), (AgentId(2), Nanos(1))],
+            &[
+                (AgentId(0), Nanos(1)),
+                (AgentId(1), Nanos(1)),
+                (AgentId(2), Nanos(1)),
+            ],
         );
         let sums: Vec<u64> = got.iter().map(|(_, e)| e.0).collect();
         assert_eq!(sums, vec![34, 33, 33]);

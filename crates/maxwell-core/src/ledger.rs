@@ -132,11 +132,9 @@ pub enum Cause {
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cause::Insolvent { charge, owed, paid } => write!(
-                f,
-                "insolvent: owed {owed} of {}, had {paid}",
-                charge.name()
-            ),
+            Cause::Insolvent { charge, owed, paid } => {
+                write!(f, "insolvent: owed {owed} of {}, had {paid}", charge.name())
+            }
             Cause::Owner => f.write_str("killed by its owner"),
             Cause::Limit { what } => write!(f, "broke a containment limit: {what}"),
         }
@@ -331,7 +329,10 @@ mod tests {
         assert!(matches!(err, TransferError::Insufficient { .. }));
         assert_eq!(b.balance(Account::Agent(a)), Some(Tokens(10)));
         assert!(b.apply(&t(Account::Agent(a), Account::Mint, 1)).is_err());
-        assert!(b.apply(&t(Account::Mint, Account::Agent(AgentId(9)), 1)).is_err());
+        assert!(
+            b.apply(&t(Account::Mint, Account::Agent(AgentId(9)), 1))
+                .is_err()
+        );
         assert_eq!(b.minted(), Tokens(10));
         b.check_conservation().unwrap();
     }

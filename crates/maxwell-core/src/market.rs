@@ -864,7 +864,10 @@ impl Market {
         assert!(clearing.winners.len() <= offer.supply as usize);
         for &w in &clearing.winners {
             let bid = self.book.get(w).map_or(Tokens::ZERO, |b| b.price);
-            assert!(bid >= clearing.price, "a winner never pays more than its bid");
+            assert!(
+                bid >= clearing.price,
+                "a winner never pays more than its bid"
+            );
             self.post(
                 &mut batch,
                 Transfer {

@@ -72,7 +72,10 @@ mod tests {
         // 8 * 2^30 bits * k_B * 300 K * ln 2 * 1e12 = 24.66 J.
         let e = landauer_energy(Bytes::gib(1), MilliCelsius(26_850), 1e12);
         assert!((e.as_joules_f64() - 24.66).abs() < 0.01, "{e:?}");
-        assert_eq!(landauer_tax(Bytes::gib(1), MilliCelsius(26_850), 1e12, GRID), Tokens(e.0));
+        assert_eq!(
+            landauer_tax(Bytes::gib(1), MilliCelsius(26_850), 1e12, GRID),
+            Tokens(e.0)
+        );
         // Hotter erasure costs more.
         assert!(landauer_energy(Bytes::gib(1), MilliCelsius(90_000), 1e12) > e);
     }
@@ -80,18 +83,35 @@ mod tests {
     #[test]
     fn landauer_tax_rounds_up() {
         // One byte is far below a microjoule and still costs one micro-token.
-        assert_eq!(landauer_tax(Bytes(1), MilliCelsius(26_850), 1e12, GRID), Tokens(1));
-        assert_eq!(landauer_tax(Bytes(0), MilliCelsius(26_850), 1e12, GRID), Tokens(0));
+        assert_eq!(
+            landauer_tax(Bytes(1), MilliCelsius(26_850), 1e12, GRID),
+            Tokens(1)
+        );
+        assert_eq!(
+            landauer_tax(Bytes(0), MilliCelsius(26_850), 1e12, GRID),
+            Tokens(0)
+        );
     }
 
     #[test]
     fn rent_is_power_per_gib_over_the_quantum() {
         // 1 GiB at 1 W/GiB for 10 ms is 10 mJ, 10_000 micro-tokens at 1 JOULE/J.
-        let r = memory_rent(Bytes::gib(1), MilliWatts(1_000), Nanos::from_millis(10), GRID);
+        let r = memory_rent(
+            Bytes::gib(1),
+            MilliWatts(1_000),
+            Nanos::from_millis(10),
+            GRID,
+        );
         assert_eq!(r, Tokens(10_000));
         // Any resident byte pays at least one micro-token.
-        assert_eq!(memory_rent(Bytes(1), MilliWatts(1), Nanos(1), GRID), Tokens(1));
-        assert_eq!(memory_rent(Bytes(0), MilliWatts(1_000), Nanos(1), GRID), Tokens(0));
+        assert_eq!(
+            memory_rent(Bytes(1), MilliWatts(1), Nanos(1), GRID),
+            Tokens(1)
+        );
+        assert_eq!(
+            memory_rent(Bytes(0), MilliWatts(1_000), Nanos(1), GRID),
+            Tokens(0)
+        );
     }
 
     #[test]

@@ -101,7 +101,10 @@ mod tests {
         }
         // 25 C + 50 W * 0.7 K/W = 60 C.
         assert_eq!(m.temperature(), MilliCelsius(60_000));
-        assert_eq!(params().steady_state(MilliWatts(50_000)), MilliCelsius(60_000));
+        assert_eq!(
+            params().steady_state(MilliWatts(50_000)),
+            MilliCelsius(60_000)
+        );
     }
 
     #[test]

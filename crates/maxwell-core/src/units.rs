@@ -178,9 +178,7 @@ impl MicroJoules {
             return MilliWatts(0);
         }
         // uJ / ns = 1e-6 J / 1e-9 s = 1e3 W = 1e6 mW.
-        MilliWatts(sat_u64(
-            u128::from(self.0) * 1_000_000 / u128::from(dt.0),
-        ))
+        MilliWatts(sat_u64(u128::from(self.0) * 1_000_000 / u128::from(dt.0)))
     }
 }
 
@@ -484,11 +482,11 @@ impl fmt::Display for Nanos {
     /// The largest unit that shows the value exactly: `10ms`, `1500ms`, `40s`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % NANOS_PER_SEC == 0 {
+        if n != 0 && n.is_multiple_of(NANOS_PER_SEC) {
             write!(f, "{}s", n / NANOS_PER_SEC)
-        } else if n % 1_000_000 == 0 {
+        } else if n.is_multiple_of(1_000_000) {
             write!(f, "{}ms", n / 1_000_000)
-        } else if n % 1_000 == 0 {
+        } else if n.is_multiple_of(1_000) {
             write!(f, "{}us", n / 1_000)
         } else {
             write!(f, "{n}ns")
@@ -501,7 +499,7 @@ impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if n != 0 && n % (1 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", n >> shift);
             }
         }
@@ -565,7 +563,9 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_display_as_they_parse() {
-        for s in ["10ms", "40s", "250us", "7ns", "64MiB", "8GiB", "100B", "4KiB"] {
+        for s in [
+            "10ms", "40s", "250us", "7ns", "64MiB", "8GiB", "100B", "4KiB",
+        ] {
             let shown = s
                 .parse::<Nanos>()
                 .map(|n| n.to_string())
@@ -577,21 +577,39 @@ mod tests {
 
     #[test]
     fn rejects_bad_quantities_with_a_hint() {
-        for bad in ["", "15", "15 parsecs", "1.0000001 JOULE", "abc W", "-3W", "1.5.2W"] {
-            let e = bad.parse::<MilliWatts>().map(|_| ()).or_else(|_| {
-                bad.parse::<Tokens>().map(|_| ())
-            });
+        for bad in [
+            "",
+            "15",
+            "15 parsecs",
+            "1.0000001 JOULE",
+            "abc W",
+            "-3W",
+            "1.5.2W",
+        ] {
+            let e = bad
+                .parse::<MilliWatts>()
+                .map(|_| ())
+                .or_else(|_| bad.parse::<Tokens>().map(|_| ()));
             assert!(e.is_err(), "{bad:?} parsed");
         }
         let msg = "15".parse::<MilliWatts>().unwrap_err().to_string();
-        assert!(msg.contains("unit is missing") && msg.contains("15W"), "{msg}");
+        assert!(
+            msg.contains("unit is missing") && msg.contains("15W"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn energy_and_power_convert_with_stated_rounding() {
         // 15 W for 10 ms is 0.15 J.
-        assert_eq!(MilliWatts(15_000).over(Nanos::from_millis(10)), MicroJoules(150_000));
-        assert_eq!(MicroJoules(150_000).per(Nanos::from_millis(10)), MilliWatts(15_000));
+        assert_eq!(
+            MilliWatts(15_000).over(Nanos::from_millis(10)),
+            MicroJoules(150_000)
+        );
+        assert_eq!(
+            MicroJoules(150_000).per(Nanos::from_millis(10)),
+            MilliWatts(15_000)
+        );
         // 1 mW for 1 ns is 1e-6 uJ: rounds up to 1 uJ (a charge is never zero for work done).
         assert_eq!(MilliWatts(1).over(Nanos(1)), MicroJoules(1));
         // Energy to money rounds up.

@@ -118,7 +118,14 @@ mod tests {
 
     #[test]
     fn sieve_matches_trial_division() {
-        for (s, e) in [(0, 100), (1, 2), (2, 3), (90, 200), (1_000_000, 1_002_000), (7, 7)] {
+        for (s, e) in [
+            (0, 100),
+            (1, 2),
+            (2, 3),
+            (90, 200),
+            (1_000_000, 1_002_000),
+            (7, 7),
+        ] {
             assert_eq!(sieve(s, e).count, naive_count(s, e), "[{s}, {e})");
         }
         assert_eq!(sieve(0, 100).count, 25);
@@ -136,7 +143,17 @@ mod tests {
             digest: honest.digest ^ 1,
             ..honest
         }));
-        assert!(!verify(&PrimeClaim { start: 5, end: 5, count: 0, digest: 0 }));
-        assert!(!verify(&PrimeClaim { start: 0, end: MAX_CLAIM_SPAN + 1, count: 0, digest: 0 }));
+        assert!(!verify(&PrimeClaim {
+            start: 5,
+            end: 5,
+            count: 0,
+            digest: 0
+        }));
+        assert!(!verify(&PrimeClaim {
+            start: 0,
+            end: MAX_CLAIM_SPAN + 1,
+            count: 0,
+            digest: 0
+        }));
     }
 }

@@ -249,10 +249,12 @@ impl Scenario {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        scenario.validate().map_err(|message| ScenarioError::Invalid {
-            origin: origin.to_owned(),
-            message,
-        })?;
+        scenario
+            .validate()
+            .map_err(|message| ScenarioError::Invalid {
+                origin: origin.to_owned(),
+                message,
+            })?;
         Ok(scenario)
     }
 
@@ -341,7 +343,12 @@ impl Scenario {
             slots_max: m.slots,
             slot_power: m.slot_power,
             grid_price: GridPrice(m.grid_price),
-            pid: PidConfig::estimated(m.switch_on, m.control, sustainable, power_max.max(MilliWatts(1))),
+            pid: PidConfig::estimated(
+                m.switch_on,
+                m.control,
+                sustainable,
+                power_max.max(MilliWatts(1)),
+            ),
             rent_per_gib: m.rent_per_gib,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_prime,
@@ -398,10 +405,22 @@ mod tests {
     #[test]
     fn bad_scenarios_say_where_and_what_to_write() {
         check_error(("slots = 2", "slotz = 2"), &["my.toml", "line", "slotz"]);
-        check_error(("slot_power = \"15W\"", "slot_power = \"15\""), &["unit is missing", "15W"]);
-        check_error(("audit_probability = 0.01", "audit_probability = 5"), &["0.01 is 1%"]);
-        check_error(("profile = \"leech\"", "profile = \"vampire\""), &["vampire", "scientist"]);
-        check_error(("name = \"leech\"", "name = \"scientist\""), &["scientist-1", "own name"]);
+        check_error(
+            ("slot_power = \"15W\"", "slot_power = \"15\""),
+            &["unit is missing", "15W"],
+        );
+        check_error(
+            ("audit_probability = 0.01", "audit_probability = 5"),
+            &["0.01 is 1%"],
+        );
+        check_error(
+            ("profile = \"leech\"", "profile = \"vampire\""),
+            &["vampire", "scientist"],
+        );
+        check_error(
+            ("name = \"leech\"", "name = \"scientist\""),
+            &["scientist-1", "own name"],
+        );
         check_error(("control = \"80C\"", "control = \"50C\""), &["switch_on"]);
     }
 }

@@ -229,7 +229,9 @@ fn build_agents(scenario: &Scenario, rng: &mut ChaCha8Rng) -> Vec<SimAgent> {
                 cpu_fraction,
                 // Each leech bids its group's `bid` give or take 20%, so that leeches compete.
                 fixed_bid: match g.profile {
-                    Profile::Leech => g.bid.map(|b| Tokens((b.0 as f64 * (0.8 + 0.4 * draw)) as u64)),
+                    Profile::Leech => g
+                        .bid
+                        .map(|b| Tokens((b.0 as f64 * (0.8 + 0.4 * draw)) as u64)),
                     _ => g.bid,
                 },
                 overclaim: g.overclaim.unwrap_or(1.5),
@@ -311,7 +313,8 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
     let mut max_temp = thermal.temperature();
     let mut transfers = 0u64;
     let mut throttled_ticks = 0u64;
-    let by_id: BTreeMap<AgentId, usize> = agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+    let by_id: BTreeMap<AgentId, usize> =
+        agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
 
     for t in 1..=n_ticks {
         let now = Nanos(t * quantum.0);
@@ -385,10 +388,7 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
                     _ => true,
                 };
                 if changed && let Some(price) = want {
-                    commands.push(Command::Bid {
-                        agent: a.id,
-                        price,
-                    });
+                    commands.push(Command::Bid { agent: a.id, price });
                     a.bid = Some(price);
                 }
             }
@@ -453,9 +453,7 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
         for d in &outcome.batch.deaths {
             let i = by_id[&d.agent];
             let since = match market.life(d.agent) {
-                Some(Life::Dead { .. }) => {
-                    t.saturating_sub(u64::from(market.config().grace_ticks))
-                }
+                Some(Life::Dead { .. }) => t.saturating_sub(u64::from(market.config().grace_ticks)),
                 _ => t,
             };
             deaths.push(DeathEvent {
@@ -514,7 +512,13 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
         })
         .collect();
     let useful: u64 = agents.iter().map(|a| a.found).sum();
-    let maxwell = arm(useful, energy_total, max_temp, thermal.temperature(), throttled_ticks);
+    let maxwell = arm(
+        useful,
+        energy_total,
+        max_temp,
+        thermal.temperature(),
+        throttled_ticks,
+    );
     let baseline = run_baseline(scenario, &agents);
     let bal = |acc| market.account_balance(acc).unwrap_or_default().0;
     let trace = Trace {
@@ -635,7 +639,13 @@ fn run_baseline(scenario: &Scenario, agents: &[SimAgent]) -> ArmSummary {
         energy = energy.saturating_add(power.over(quantum));
         max_temp = max_temp.max(thermal.step(power, quantum));
     }
-    arm(useful, energy, max_temp, thermal.temperature(), throttled_ticks)
+    arm(
+        useful,
+        energy,
+        max_temp,
+        thermal.temperature(),
+        throttled_ticks,
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {

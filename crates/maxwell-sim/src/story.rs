@@ -85,7 +85,7 @@ pub struct Phases {
 
 fn mean(prices: impl Iterator<Item = u64>) -> u64 {
     let (sum, n) = prices.fold((0u128, 0u128), |(s, n), p| (s + u128::from(p), n + 1));
-    if n == 0 { 0 } else { (sum / n) as u64 }
+    sum.checked_div(n).map_or(0, |m| m as u64)
 }
 
 pub(crate) fn phases(trace: &Trace) -> Phases {
@@ -101,8 +101,8 @@ pub(crate) fn phases(trace: &Trace) -> Phases {
         .iter()
         .filter(|d| d.profile == Profile::Leech.name())
         .collect();
-    let last_leech_death_tick =
-        (n_leeches > 0 && leech_deaths.len() == n_leeches).then(|| leech_deaths.iter().map(|d| d.tick).max().unwrap_or(0));
+    let last_leech_death_tick = (n_leeches > 0 && leech_deaths.len() == n_leeches)
+        .then(|| leech_deaths.iter().map(|d| d.tick).max().unwrap_or(0));
     let leech_era_end = last_leech_death_tick.unwrap_or(u64::MAX);
 
     let leech_outbids = trace.records.iter().find_map(|r| {
@@ -158,7 +158,11 @@ pub(crate) fn phases(trace: &Trace) -> Phases {
     });
 
     let scientist_resumes = after.iter().find_map(|r| {
-        let s = r.winners.iter().copied().find(|&i| profile(i) == Profile::Scientist)?;
+        let s = r
+            .winners
+            .iter()
+            .copied()
+            .find(|&i| profile(i) == Profile::Scientist)?;
         Some(Resume {
             tick: r.tick,
             scientist: trace.agents[s].name.clone(),
@@ -293,14 +297,31 @@ pub fn render(summary: &Summary, tick_ms: f64) -> String {
     if !others.is_empty() {
         let _ = writeln!(o, "Other deaths:");
         for d in others {
-            let _ = writeln!(o, "   {} ({}) died at {}: {}.", d.agent, d.profile, at(d.tick), d.cause);
+            let _ = writeln!(
+                o,
+                "   {} ({}) died at {}: {}.",
+                d.agent,
+                d.profile,
+                at(d.tick),
+                d.cause
+            );
         }
     }
 
     let _ = writeln!(
         o,
         "\n{:<12} {:<9} {:<6} {:>7} {:>8} {:>7} {:>12} {:>12} {:>11} {:>11} {:>11}",
-        "agent", "profile", "state", "died", "work", "claimed", "balance", "slots", "rent", "landauer", "fines"
+        "agent",
+        "profile",
+        "state",
+        "died",
+        "work",
+        "claimed",
+        "balance",
+        "slots",
+        "rent",
+        "landauer",
+        "fines"
     );
     for a in &summary.agents {
         let _ = writeln!(
@@ -338,7 +359,11 @@ pub fn render(summary: &Summary, tick_ms: f64) -> String {
         "Books: {} minted, {} transfers, conservation {}; ledger digest {}.",
         joule(summary.books.minted),
         summary.books.transfers,
-        if summary.conservation_ok { "held after every tick" } else { "VIOLATED" },
+        if summary.conservation_ok {
+            "held after every tick"
+        } else {
+            "VIOLATED"
+        },
         summary.ledger_digest
     );
     for v in &summary.violations {

@@ -7,11 +7,21 @@ fn default_run(seed: u64) -> Summary {
 #[track_caller]
 fn check_selection(s: &Summary) {
     assert!(s.conservation_ok, "seed {}: {:?}", s.seed, s.violations);
-    assert!(s.violations.is_empty(), "seed {}: {:?}", s.seed, s.violations);
+    assert!(
+        s.violations.is_empty(),
+        "seed {}: {:?}",
+        s.seed,
+        s.violations
+    );
     for a in &s.agents {
         match a.profile {
             "scientist" => assert!(a.alive, "seed {}: {} died: {:?}", s.seed, a.name, a.cause),
-            _ => assert!(!a.alive && a.died_at_tick.is_some(), "seed {}: {} survived", s.seed, a.name),
+            _ => assert!(
+                !a.alive && a.died_at_tick.is_some(),
+                "seed {}: {} survived",
+                s.seed,
+                a.name
+            ),
         }
     }
 }
@@ -45,7 +55,10 @@ fn the_story_happens_in_order() {
     assert!(cool.after_max_c < cool.leech_era_peak_c, "{cool:?}");
     let resume = p.scientist_resumes.as_ref().expect("scientists resume");
     assert!(resume.tick >= last);
-    assert!(resume.after_mean_price < resume.leech_era_mean_price, "{resume:?}");
+    assert!(
+        resume.after_mean_price < resume.leech_era_mean_price,
+        "{resume:?}"
+    );
     // Honest books: scientists' claims are real primes, the liar's are not.
     for a in &s.agents {
         match a.profile {
@@ -62,5 +75,10 @@ fn the_story_happens_in_order() {
 #[test]
 fn maxwell_beats_the_fair_share_baseline_on_work_per_joule() {
     let s = default_run(1);
-    assert!(s.ratio_vs_baseline > 1.0, "{} vs {}", s.maxwell.efficiency, s.baseline.efficiency);
+    assert!(
+        s.ratio_vs_baseline > 1.0,
+        "{} vs {}",
+        s.maxwell.efficiency,
+        s.baseline.efficiency
+    );
 }

@@ -24,7 +24,10 @@ fn clears_a_worked_example() {
         ]
     }));
     // scientist-b wins the tie by age; everyone pays the highest losing bid.
-    assert_eq!(out, json!({"winners": ["leech", "scientist-b"], "price": 300000, "reference_agrees": true}));
+    assert_eq!(
+        out,
+        json!({"winners": ["leech", "scientist-b"], "price": 300000, "reference_agrees": true})
+    );
 }
 
 #[test]
@@ -32,8 +35,14 @@ fn bad_input_names_the_problem_and_the_fix() {
     for (input, want) in [
         ("not json", "write it like"),
         (r#"{"supply": 1, "reserve": 1}"#, "bids"),
-        (r#"{"supply": 1, "reserve": "1 parsec", "bids": []}"#, "unknown unit"),
-        (r#"{"supply": 1, "reserve": 1, "bids": [{"agent": "a", "price": 1}, {"agent": "a", "price": 2}]}"#, "bids twice"),
+        (
+            r#"{"supply": 1, "reserve": "1 parsec", "bids": []}"#,
+            "unknown unit",
+        ),
+        (
+            r#"{"supply": 1, "reserve": 1, "bids": [{"agent": "a", "price": 1}, {"agent": "a", "price": 2}]}"#,
+            "bids twice",
+        ),
         (r#"{"supply": -1, "reserve": 1, "bids": []}"#, "supply"),
     ] {
         let o = maxwell(&["auction", "clear"], input);

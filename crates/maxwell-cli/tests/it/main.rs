@@ -1,5 +1,7 @@
 //! End-to-end tests of the `maxwell` binary. One test binary for the crate; modules by command.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure should panic
+
 mod auction;
 mod simulate;
 

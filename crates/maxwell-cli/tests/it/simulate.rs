@@ -18,7 +18,15 @@ fn simulate_json_is_deterministic_and_kills_every_parasite() {
     let agents = v["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 10);
     for a in agents {
-        for key in ["name", "profile", "alive", "died_at_tick", "cause", "work", "spent"] {
+        for key in [
+            "name",
+            "profile",
+            "alive",
+            "died_at_tick",
+            "cause",
+            "work",
+            "spent",
+        ] {
             assert!(a.get(key).is_some(), "agent lacks {key}: {a}");
         }
         for key in ["slots", "rent", "landauer", "fines"] {
@@ -28,7 +36,10 @@ fn simulate_json_is_deterministic_and_kills_every_parasite() {
         if a["profile"] == "scientist" {
             assert!(alive, "{a}");
         } else {
-            assert!(!alive && a["died_at_tick"].is_u64() && a["cause"].is_string(), "{a}");
+            assert!(
+                !alive && a["died_at_tick"].is_u64() && a["cause"].is_string(),
+                "{a}"
+            );
         }
     }
 }
@@ -38,14 +49,21 @@ fn simulate_tells_the_story_and_demo_says_it_is_a_simulation() {
     let o = maxwell(&["simulate", "--seed", "1"], "");
     assert!(o.status.success());
     let text = stdout(&o);
-    for phase in ["1. The leeches outbid", "2. The price climbs", "3. The leeches go insolvent", "4. The temperature falls", "5. The scientists resume"] {
+    for phase in [
+        "1. The leeches outbid",
+        "2. The price climbs",
+        "3. The leeches go insolvent",
+        "4. The temperature falls",
+        "5. The scientists resume",
+    ] {
         assert!(text.contains(phase), "missing {phase:?} in\n{text}");
     }
     assert!(!text.contains("Did not happen"), "{text}");
     let demo = maxwell(&["demo"], "");
     assert!(demo.status.success());
     assert!(stdout(&demo).contains("SIMULATION"));
-    let demo_json: Value = serde_json::from_slice(&maxwell(&["demo", "--json"], "").stdout).unwrap();
+    let demo_json: Value =
+        serde_json::from_slice(&maxwell(&["demo", "--json"], "").stdout).unwrap();
     assert_eq!(demo_json["simulated"], true);
 }
 
@@ -54,19 +72,26 @@ fn a_bad_scenario_is_refused_with_file_line_and_fix() {
     let dir = std::env::temp_dir().join(format!("maxwell-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    let text = maxwell_sim::DEFAULT_SCENARIO.replace("slot_power = \"15W\"", "slot_power = \"15 parsecs\"");
+    let text = maxwell_sim::DEFAULT_SCENARIO
+        .replace("slot_power = \"15W\"", "slot_power = \"15 parsecs\"");
     std::fs::write(&path, text).unwrap();
     let o = maxwell(&["simulate", "--scenario", path.to_str().unwrap()], "");
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("bad.toml") && err.contains("line") && err.contains("15W"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("line") && err.contains("15W"),
+        "{err}"
+    );
     let missing = maxwell(&["simulate", "--scenario", "/nonexistent/x.toml"], "");
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("--print-scenario"));
     // The printed scenario is the one that runs.
     let printed = maxwell(&["simulate", "--print-scenario"], "");
     std::fs::write(&path, &printed.stdout).unwrap();
-    let o = maxwell(&["simulate", "--scenario", path.to_str().unwrap(), "--json"], "");
+    let o = maxwell(
+        &["simulate", "--scenario", path.to_str().unwrap(), "--json"],
+        "",
+    );
     assert_eq!(o.stdout, maxwell(&["simulate", "--json"], "").stdout);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -82,7 +107,11 @@ fn a_closed_pipe_is_not_an_error() {
     // Close the reading end before the simulation finishes, so the write meets a closed pipe.
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -93,7 +122,13 @@ fn bench_auction_reports_every_key() {
     let sizes = v["sizes"].as_array().unwrap();
     assert_eq!(sizes.len(), 2);
     for s in sizes {
-        for key in ["clear_us", "naive_clear_us", "update_us", "bytes_per_bid", "speedup"] {
+        for key in [
+            "clear_us",
+            "naive_clear_us",
+            "update_us",
+            "bytes_per_bid",
+            "speedup",
+        ] {
             assert!(s[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {s}");
         }
     }

@@ -105,9 +105,7 @@ fn bids_are_capped_by_balance_and_max_bid() {
 #[test]
 fn a_squatter_pays_rent_until_it_dies_after_its_grace() {
     let mut m = market();
-    let s = m.admit(AgentSpec {
-        max_bid: Tokens(0),
-    });
+    let s = m.admit(AgentSpec { max_bid: Tokens(0) });
     // 8 GiB at 1 W/GiB for 10 ms: 80_000 micro-tokens a tick. Funds for 2.5 ticks.
     let usage = vec![Usage {
         agent: s,
@@ -293,7 +291,10 @@ fn kills_need_an_owner_or_limit_cause() {
     });
     assert_eq!(out.refused[0].1, Refusal::BadKillCause);
     assert_eq!(out.dying, vec![(a, Cause::Owner)]);
-    assert!(out.clearing.winners.is_empty(), "a dying agent does not trade");
+    assert!(
+        out.clearing.winners.is_empty(),
+        "a dying agent does not trade"
+    );
 }
 
 #[test]
