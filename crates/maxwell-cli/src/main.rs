@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod sensors;
 mod simulate;
 
 use std::io::{self, Write};
@@ -68,6 +69,8 @@ enum Command {
     Demo(DemoArgs),
     /// Run a scenario in the deterministic simulator and tell its story.
     Simulate(SimulateArgs),
+    /// Show which energy and temperature sources this machine has, which is used, and why.
+    Sensors(sensors::SensorsArgs),
     /// Work with single auctions.
     #[command(subcommand)]
     Auction(AuctionCommand),
@@ -124,6 +127,8 @@ struct ClearArgs {
 enum BenchCommand {
     /// The order book against the naive heap-per-tick design, at 1k to 1M standing bids.
     Auction(bench::AuctionBenchArgs),
+    /// The cost of reading the sensors at 100 Hz, as a share of one core.
+    Sensors(sensors::SensorsBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -155,6 +160,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Auction(AuctionCommand::Clear(a)) => auction::clear(a.check),
         Command::Bench(BenchCommand::Auction(a)) => bench::auction(&a),
+        Command::Sensors(a) => sensors::sensors(&a),
+        Command::Bench(BenchCommand::Sensors(a)) => sensors::bench(&a),
     }
 }
 

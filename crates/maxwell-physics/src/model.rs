@@ -58,7 +58,10 @@ pub fn read_cpu_times(root: &Path) -> Result<CpuTimes, SensorReadError> {
         content: content.chars().take(40).collect(),
         expected: "a `cpu` line of numbers",
     };
-    let line = text.lines().find(|l| l.starts_with("cpu ")).ok_or_else(|| garbage(&text))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| garbage(&text))?;
     let nums: Vec<u64> = line
         .split_whitespace()
         .skip(1)

@@ -52,7 +52,10 @@ pub fn vendor(root: &Path) -> Result<Vendor, SensorReadError> {
     let text = read_text(&path, "run as root")?;
     let id = text
         .lines()
-        .find_map(|l| l.strip_prefix("vendor_id").map(|r| r.trim_start_matches([' ', '\t', ':'])))
+        .find_map(|l| {
+            l.strip_prefix("vendor_id")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']))
+        })
         .unwrap_or_default();
     match id {
         "GenuineIntel" => Ok(Vendor::Intel),
@@ -113,10 +116,7 @@ impl Msr {
     /// Package energy since the last read (the 32-bit counter's wrap corrected).
     pub fn read_delta(&mut self) -> Result<MicroJoules, SensorReadError> {
         let raw = self.read(self.vendor.registers().package_energy)? & 0xffff_ffff;
-        let counts = self
-            .counter
-            .update(raw)
-            .map_or(0, |d| d.0);
+        let counts = self.counter.update(raw).map_or(0, |d| d.0);
         // counts / 2^esu joules, in microjoules, rounded down.
         let uj = (u128::from(counts) * 1_000_000) >> self.energy_unit_exp;
         Ok(MicroJoules(u64::try_from(uj).unwrap_or(u64::MAX)))
@@ -127,7 +127,8 @@ impl Msr {
     pub fn temperature(&self) -> Result<MilliCelsius, SensorReadError> {
         if self.vendor != Vendor::Intel {
             return Err(SensorReadError::Absent(
-                self.path.join("(no temperature MSR on AMD; k10temp reads it)"),
+                self.path
+                    .join("(no temperature MSR on AMD; k10temp reads it)"),
             ));
         }
         let status = self.read(0x19C)?;

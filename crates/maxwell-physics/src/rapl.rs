@@ -138,7 +138,9 @@ impl Powercap {
             psys
         };
         if zones.is_empty() {
-            return Err(SensorReadError::Absent(base.join("intel-rapl:*/name = package-*")));
+            return Err(SensorReadError::Absent(
+                base.join("intel-rapl:*/name = package-*"),
+            ));
         }
         let mut p = Powercap { zones, found };
         p.read_delta()?;
@@ -171,9 +173,17 @@ mod tests {
         let mut c = RaplCounter::new(1_000);
         assert_eq!(c.update(900), Some(MicroJoules(0)));
         assert_eq!(c.update(950), Some(MicroJoules(50)));
-        assert_eq!(c.update(20), Some(MicroJoules(70)), "wrapped: 50 to the top, 20 after");
+        assert_eq!(
+            c.update(20),
+            Some(MicroJoules(70)),
+            "wrapped: 50 to the top, 20 after"
+        );
         assert_eq!(c.update(1_001), None, "above the range is garbage");
-        assert_eq!(c.update(30), Some(MicroJoules(10)), "the garbage did not move the counter");
+        assert_eq!(
+            c.update(30),
+            Some(MicroJoules(10)),
+            "the garbage did not move the counter"
+        );
     }
 
     proptest! {

@@ -78,11 +78,22 @@ pub struct Physics {
 }
 
 fn unavailable(name: &'static str, quantity: &'static str, e: &SensorReadError) -> Candidate {
+    let hint = match (e, name) {
+        (SensorReadError::Absent(_), "powercap") => {
+            "; no RAPL driver here (VMs hide it; on bare metal `modprobe intel_rapl_msr`)"
+        }
+        (SensorReadError::Absent(_), "msr") => {
+            "; no MSR device (as root `modprobe msr`; hypervisors do not pass MSRs through)"
+        }
+        (SensorReadError::Absent(_), "hwmon") => "; no hwmon CPU driver (coretemp, k10temp) here",
+        (SensorReadError::Absent(_), "thermal_zone") => "; no thermal zone driver here",
+        _ => "",
+    };
     Candidate {
         name,
         quantity,
         available: false,
-        reason: e.to_string(),
+        reason: format!("{e}{hint}"),
     }
 }
 
@@ -107,7 +118,14 @@ impl Physics {
                     reason: format!("zones: {}", p.found.join(", ")),
                 });
                 let detail = format!("powercap RAPL, sum of {}", p.zone_names().join(" + "));
-                energy = Some((EnergyReader::Powercap(p), Chosen { source: "powercap", modelled: false, detail }));
+                energy = Some((
+                    EnergyReader::Powercap(p),
+                    Chosen {
+                        source: "powercap",
+                        modelled: false,
+                        detail,
+                    },
+                ));
             }
             Err(e) => candidates.push(unavailable("powercap", "energy", &e)),
         }
@@ -121,14 +139,24 @@ impl Physics {
                 });
                 if energy.is_none() {
                     let detail = format!("{:?} package energy MSR on cpu 0", m.vendor());
-                    energy = Some((EnergyReader::Msr(m), Chosen { source: "msr", modelled: false, detail }));
+                    energy = Some((
+                        EnergyReader::Msr(m),
+                        Chosen {
+                            source: "msr",
+                            modelled: false,
+                            detail,
+                        },
+                    ));
                 }
             }
             Err(e) => candidates.push(unavailable("msr", "energy", &e)),
         }
 
         let mut temp = None;
-        for (name, found) in [("hwmon", find_hwmon(root)), ("thermal_zone", find_thermal_zone(root))] {
+        for (name, found) in [
+            ("hwmon", find_hwmon(root)),
+            ("thermal_zone", find_thermal_zone(root)),
+        ] {
             match found {
                 Ok(f) => {
                     candidates.push(Candidate {
@@ -139,7 +167,14 @@ impl Physics {
                     });
                     if temp.is_none() {
                         let detail = format!("{} ({})", f.label, f.path.display());
-                        temp = Some((TempReader::File(f), Chosen { source: name, modelled: false, detail }));
+                        temp = Some((
+                            TempReader::File(f),
+                            Chosen {
+                                source: name,
+                                modelled: false,
+                                detail,
+                            },
+                        ));
                     }
                 }
                 Err(e) => candidates.push(unavailable(name, "temperature", &e)),
@@ -148,8 +183,20 @@ impl Physics {
         if temp.is_none() {
             match Msr::open(root).and_then(|m| m.temperature().map(|_| m)) {
                 Ok(m) => {
-                    candidates.push(Candidate { name: "msr", quantity: "temperature", available: true, reason: "IA32_THERM_STATUS".into() });
-                    temp = Some((TempReader::Msr(m), Chosen { source: "msr", modelled: false, detail: "IA32_THERM_STATUS and TjMax on cpu 0".into() }));
+                    candidates.push(Candidate {
+                        name: "msr",
+                        quantity: "temperature",
+                        available: true,
+                        reason: "IA32_THERM_STATUS".into(),
+                    });
+                    temp = Some((
+                        TempReader::Msr(m),
+                        Chosen {
+                            source: "msr",
+                            modelled: false,
+                            detail: "IA32_THERM_STATUS and TjMax on cpu 0".into(),
+                        },
+                    ));
                 }
                 Err(e) => candidates.push(unavailable("msr", "temperature", &e)),
             }
@@ -160,12 +207,34 @@ impl Physics {
             "modelled: {} idle + {} per busy core; RC model R = {} K/W, tau = {} s, ambient {}",
             p.idle, p.active_per_core, p.rc.r_k_per_w, p.rc.tau_s, p.rc.ambient
         );
-        let modelled = || Chosen { source: "model", modelled: true, detail: model_detail.clone() };
+        let modelled = || Chosen {
+            source: "model",
+            modelled: true,
+            detail: model_detail.clone(),
+        };
         let (energy, energy_chosen) = energy.unwrap_or_else(|| (EnergyReader::Model, modelled()));
         let (temp, temp_chosen) = temp.unwrap_or_else(|| (TempReader::Model, modelled()));
-        candidates.push(Candidate { name: "model", quantity: "energy", available: true, reason: model_detail.clone() });
-        candidates.push(Candidate { name: "model", quantity: "temperature", available: true, reason: model_detail.clone() });
-        Physics { energy, temp, model, candidates, energy_chosen, temp_chosen, fallbacks: Vec::new() }
+        candidates.push(Candidate {
+            name: "model",
+            quantity: "energy",
+            available: true,
+            reason: model_detail.clone(),
+        });
+        candidates.push(Candidate {
+            name: "model",
+            quantity: "temperature",
+            available: true,
+            reason: model_detail.clone(),
+        });
+        Physics {
+            energy,
+            temp,
+            model,
+            candidates,
+            energy_chosen,
+            temp_chosen,
+            fallbacks: Vec::new(),
+        }
     }
 
     /// Every candidate considered.
@@ -189,15 +258,21 @@ impl Physics {
     }
 
     fn fall_back(&mut self, quantity: &str, e: &SensorReadError) {
-        self.fallbacks.push(format!("{quantity}: {} failed ({e}); using the model", match quantity {
-            "energy" => self.energy_chosen.source,
-            _ => self.temp_chosen.source,
-        }));
+        self.fallbacks.push(format!(
+            "{quantity}: {} failed ({e}); using the model",
+            match quantity {
+                "energy" => self.energy_chosen.source,
+                _ => self.temp_chosen.source,
+            }
+        ));
         let p = self.model.params();
         let chosen = Chosen {
             source: "model",
             modelled: true,
-            detail: format!("modelled after a failure: {} idle + {} per busy core", p.idle, p.active_per_core),
+            detail: format!(
+                "modelled after a failure: {} idle + {} per busy core",
+                p.idle, p.active_per_core
+            ),
         };
         if quantity == "energy" {
             self.energy = EnergyReader::Model;
@@ -211,7 +286,10 @@ impl Physics {
     /// Takes a sample `dt` after the previous one.
     pub fn sample(&mut self, dt: Nanos) -> Reading {
         // The model always advances, so that a fallback starts from a warm state.
-        let modelled_energy = self.model.step(dt).unwrap_or_else(|_| self.model.power().over(dt));
+        let modelled_energy = self
+            .model
+            .step(dt)
+            .unwrap_or_else(|_| self.model.power().over(dt));
         let real = match &mut self.energy {
             EnergyReader::Powercap(p) => Some(p.read_delta()),
             EnergyReader::Msr(m) => Some(m.read_delta()),

@@ -17,7 +17,13 @@ const CPU_CHIPS: &[(&str, &[&str])] = &[
 ];
 
 /// Thermal zone types that measure a CPU die, best first.
-const CPU_ZONES: &[&str] = &["x86_pkg_temp", "cpu-thermal", "cpu_thermal", "soc-thermal", "acpitz"];
+const CPU_ZONES: &[&str] = &[
+    "x86_pkg_temp",
+    "cpu-thermal",
+    "cpu_thermal",
+    "soc-thermal",
+    "acpitz",
+];
 
 /// A file holding a temperature in millidegrees.
 #[derive(Debug, Clone)]
@@ -60,17 +66,28 @@ pub fn find_hwmon(root: &Path) -> Result<TempFile, SensorReadError> {
         };
         let labels = CPU_CHIPS[rank].1;
         for input in entries(&chip, "temp")? {
-            let file = input.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let file = input
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let Some(idx) = file.strip_suffix("_input") else {
                 continue;
             };
-            let label = read_text(&chip.join(format!("{idx}_label")), "run as root").unwrap_or_default();
-            let label_rank = labels.iter().position(|l| *l == label).unwrap_or(labels.len());
+            let label =
+                read_text(&chip.join(format!("{idx}_label")), "run as root").unwrap_or_default();
+            let label_rank = labels
+                .iter()
+                .position(|l| *l == label)
+                .unwrap_or(labels.len());
             let candidate = TempFile {
                 path: input.clone(),
                 label: format!("{name} {}", if label.is_empty() { idx } else { &label }),
             };
-            if best.as_ref().is_none_or(|(r, lr, _)| (rank, label_rank) < (*r, *lr)) {
+            if best
+                .as_ref()
+                .is_none_or(|(r, lr, _)| (rank, label_rank) < (*r, *lr))
+            {
                 best = Some((rank, label_rank, candidate));
             }
         }
@@ -107,7 +124,11 @@ pub fn find_thermal_zone(root: &Path) -> Result<TempFile, SensorReadError> {
                 rank,
                 TempFile {
                     path: z.join("temp"),
-                    label: format!("{} ({})", kind, z.file_name().unwrap_or_default().to_string_lossy()),
+                    label: format!(
+                        "{} ({})",
+                        kind,
+                        z.file_name().unwrap_or_default().to_string_lossy()
+                    ),
                 },
             ));
         }

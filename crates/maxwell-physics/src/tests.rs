@@ -39,12 +39,18 @@ impl Fixture {
         )
     }
     fn rapl_zone(&self, dir: &str, name: &str, energy: u64, max: u64) -> &Fixture {
-        self.write(&format!("sys/class/powercap/{dir}/name"), &format!("{name}\n"))
-            .write(&format!("sys/class/powercap/{dir}/energy_uj"), &format!("{energy}\n"))
-            .write(
-                &format!("sys/class/powercap/{dir}/max_energy_range_uj"),
-                &format!("{max}\n"),
-            )
+        self.write(
+            &format!("sys/class/powercap/{dir}/name"),
+            &format!("{name}\n"),
+        )
+        .write(
+            &format!("sys/class/powercap/{dir}/energy_uj"),
+            &format!("{energy}\n"),
+        )
+        .write(
+            &format!("sys/class/powercap/{dir}/max_energy_range_uj"),
+            &format!("{max}\n"),
+        )
     }
 }
 
@@ -70,7 +76,12 @@ fn an_empty_machine_is_modelled_and_says_why() {
     let p = Physics::open(f.root(), ModelParams::default());
     assert_eq!(p.energy_source().source, "model");
     assert!(p.energy_source().modelled && p.temperature_source().modelled);
-    for (name, q) in [("powercap", "energy"), ("msr", "energy"), ("hwmon", "temperature"), ("thermal_zone", "temperature")] {
+    for (name, q) in [
+        ("powercap", "energy"),
+        ("msr", "energy"),
+        ("hwmon", "temperature"),
+        ("thermal_zone", "temperature"),
+    ] {
         let c = candidate(&p, name, q);
         assert!(!c.available, "{name}");
         assert!(c.reason.contains("does not exist"), "{name}: {}", c.reason);
@@ -105,25 +116,43 @@ fn powercap_prefers_psys() {
         .rapl_zone("intel-rapl:0", "package-0", 0, 1_000)
         .rapl_zone("intel-rapl:1", "psys", 0, 1_000);
     let p = Physics::open(f.root(), ModelParams::default());
-    assert!(p.energy_source().detail.contains("psys"), "{}", p.energy_source().detail);
+    assert!(
+        p.energy_source().detail.contains("psys"),
+        "{}",
+        p.energy_source().detail
+    );
 }
 
 #[test]
 fn garbage_and_missing_files_are_named() {
     let f = Fixture::new("garbage");
-    f.with_proc_stat(0, 100).rapl_zone("intel-rapl:0", "package-0", 0, 1_000);
+    f.with_proc_stat(0, 100)
+        .rapl_zone("intel-rapl:0", "package-0", 0, 1_000);
     f.write("sys/class/powercap/intel-rapl:0/energy_uj", "lots\n");
     let p = Physics::open(f.root(), ModelParams::default());
     let c = candidate(&p, "powercap", "energy");
     assert!(!c.available);
-    assert!(c.reason.contains("\"lots\"") && c.reason.contains("microjoules"), "{}", c.reason);
+    assert!(
+        c.reason.contains("\"lots\"") && c.reason.contains("microjoules"),
+        "{}",
+        c.reason
+    );
 
     let f = Fixture::new("missing");
-    f.with_proc_stat(0, 100).rapl_zone("intel-rapl:0", "package-0", 0, 1_000);
-    fs::remove_file(f.root().join("sys/class/powercap/intel-rapl:0/max_energy_range_uj")).unwrap();
+    f.with_proc_stat(0, 100)
+        .rapl_zone("intel-rapl:0", "package-0", 0, 1_000);
+    fs::remove_file(
+        f.root()
+            .join("sys/class/powercap/intel-rapl:0/max_energy_range_uj"),
+    )
+    .unwrap();
     let p = Physics::open(f.root(), ModelParams::default());
     let c = candidate(&p, "powercap", "energy");
-    assert!(c.reason.contains("max_energy_range_uj does not exist"), "{}", c.reason);
+    assert!(
+        c.reason.contains("max_energy_range_uj does not exist"),
+        "{}",
+        c.reason
+    );
 
     let f = Fixture::new("hot");
     f.with_proc_stat(0, 100)
@@ -131,7 +160,11 @@ fn garbage_and_missing_files_are_named() {
         .write("sys/class/hwmon/hwmon0/temp1_input", "999999\n");
     let p = Physics::open(f.root(), ModelParams::default());
     let c = candidate(&p, "hwmon", "temperature");
-    assert!(!c.available && c.reason.contains("between -40 C and 150 C"), "{}", c.reason);
+    assert!(
+        !c.available && c.reason.contains("between -40 C and 150 C"),
+        "{}",
+        c.reason
+    );
 }
 
 #[test]
@@ -139,7 +172,9 @@ fn permission_denied_says_what_to_do() {
     let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
     let err = crate::fs::classify(Path::new("/sys/x/energy_uj"), &e, "run as root");
     assert!(matches!(err, SensorReadError::PermissionDenied { .. }));
-    assert!(err.to_string().contains("permission denied") && err.to_string().contains("run as root"));
+    assert!(
+        err.to_string().contains("permission denied") && err.to_string().contains("run as root")
+    );
 }
 
 #[test]
@@ -188,13 +223,22 @@ fn hwmon_picks_the_cpu_die_sensor() {
         .write("sys/class/hwmon/hwmon0/temp1_input", "40000\n");
     let p = Physics::open(g.root(), ModelParams::default());
     let c = candidate(&p, "hwmon", "temperature");
-    assert!(!c.available && c.reason.contains("found only: nvme"), "{}", c.reason);
+    assert!(
+        !c.available && c.reason.contains("found only: nvme"),
+        "{}",
+        c.reason
+    );
 }
 
 fn write_msr(f: &Fixture, regs: &[(u64, u64)]) {
     let path = f.root().join("dev/cpu/0/msr");
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).unwrap();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
     for (reg, value) in regs {
         file.write_all_at(&value.to_le_bytes(), *reg).unwrap();
     }
@@ -203,10 +247,20 @@ fn write_msr(f: &Fixture, regs: &[(u64, u64)]) {
 #[test]
 fn msr_reads_intel_energy_and_temperature() {
     let f = Fixture::new("msr-intel");
-    f.with_proc_stat(0, 100)
-        .write("proc/cpuinfo", "processor\t: 0\nvendor_id\t: GenuineIntel\n");
+    f.with_proc_stat(0, 100).write(
+        "proc/cpuinfo",
+        "processor\t: 0\nvendor_id\t: GenuineIntel\n",
+    );
     // Energy unit 2^-14 J; counter near the 32-bit top; TjMax 100 C, 35 below it, valid bit.
-    write_msr(&f, &[(0x606, 14 << 8), (0x611, 0xffff_c000), (0x1A2, 100 << 16), (0x19C, (1 << 31) | (35 << 16))]);
+    write_msr(
+        &f,
+        &[
+            (0x606, 14 << 8),
+            (0x611, 0xffff_c000),
+            (0x1A2, 100 << 16),
+            (0x19C, (1 << 31) | (35 << 16)),
+        ],
+    );
     let mut p = Physics::open(f.root(), ModelParams::default());
     assert_eq!(p.energy_source().source, "msr");
     assert_eq!(p.temperature_source().source, "msr");
