@@ -104,7 +104,10 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
         ));
         write_out(&text)?;
     }
-    while a.watch {
+    if !a.watch {
+        return Ok(Exit::Success);
+    }
+    loop {
         let (w, c) = sample(&mut p, a.interval);
         let line = if a.json {
             format!(
@@ -122,7 +125,6 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
         };
         write_out(&line)?;
     }
-    Ok(Exit::Success)
 }
 
 /// Arguments of `maxwell bench sensors`.
