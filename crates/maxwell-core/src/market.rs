@@ -100,6 +100,15 @@ pub enum MarketConfigError {
     /// Slot power is zero.
     #[error("slot_power must be above zero (e.g. slot_power = \"15W\")")]
     SlotPower,
+    /// No slot could ever be sold.
+    #[error("slots_max must be at least 1 and pid.power_max at least one slot_power")]
+    Slots,
+    /// Free energy breaks every price.
+    #[error("grid_price must be above zero (e.g. 1 JOULE per joule)")]
+    GridPrice,
+    /// Audits need somewhere to wait.
+    #[error("max_pending_audits must be at least 1")]
+    PendingAudits,
     /// The audit probability is out of range.
     #[error(
         "audit probability must be between 1 and 1000000 parts per million, got {0} (10000 is 1%)"
@@ -121,6 +130,15 @@ impl MarketConfig {
         }
         if self.slot_power.0 == 0 {
             return Err(MarketConfigError::SlotPower);
+        }
+        if self.slots_max == 0 || self.pid.power_max < self.slot_power {
+            return Err(MarketConfigError::Slots);
+        }
+        if self.grid_price.0 == Tokens::ZERO {
+            return Err(MarketConfigError::GridPrice);
+        }
+        if self.max_pending_audits == 0 {
+            return Err(MarketConfigError::PendingAudits);
         }
         if self.audit_ppm == 0 || self.audit_ppm > PPM {
             return Err(MarketConfigError::AuditRate(self.audit_ppm));
@@ -268,6 +286,9 @@ pub enum Refusal {
     /// A claim id is already awaiting audit.
     #[error("claim {0} is already pending")]
     DuplicateClaim(u64),
+    /// The wallet cannot cover the fine the claim would cost if it failed its audit.
+    #[error("the wallet cannot cover the {0} micro-JOULE fine this claim risks; claim less")]
+    Uncovered(u64),
     /// A verdict names no pending audit.
     #[error("no audit is pending for claim {0}")]
     UnknownClaim(u64),
@@ -576,6 +597,30 @@ impl Market {
         }
     }
 
+    /// Pays a bounty from the pool, at most what the pool holds (payouts round down to what
+    /// exists).
+    fn pay_bounty(&mut self, batch: &mut LedgerBatch, agent: AgentId, nominal: Tokens) {
+        let pool = self
+            .books
+            .balance(Account::BountyPool)
+            .unwrap_or(Tokens::ZERO);
+        let paid = nominal.min(pool);
+        if paid > Tokens::ZERO {
+            self.post(
+                batch,
+                Transfer {
+                    from: Account::BountyPool,
+                    to: Account::Agent(agent),
+                    amount: paid,
+                    kind: TransferKind::Bounty,
+                },
+            );
+        }
+        let s = &mut self.agents[agent.0 as usize].stats;
+        s.bounties = s.bounties.saturating_add(paid);
+        self.rekey(agent);
+    }
+
     fn begin_dying(&mut self, agent: AgentId, cause: Cause) {
         self.book.cancel(agent);
         let a = &mut self.agents[agent.0 as usize];
@@ -653,11 +698,21 @@ impl Market {
     /// be committed.
     pub fn tick(&mut self, input: TickInput) -> TickOutcome {
         self.tick += 1;
+        // The driver's clock is trusted only so far: time never runs backwards for the market,
+        // and one tick never covers more than ten quanta (a stalled driver must not be billed
+        // hours at once). Rent is charged per quantum, not per elapsed time.
+        let quantum = self.config.quantum;
         let dt = match self.last_now {
-            Some(last) => input.now.saturating_sub(last),
-            None => self.config.quantum,
+            Some(last) => Nanos(
+                input
+                    .now
+                    .saturating_sub(last)
+                    .0
+                    .min(quantum.0.saturating_mul(10)),
+            ),
+            None => quantum,
         };
-        self.last_now = Some(input.now);
+        self.last_now = Some(self.last_now.map_or(input.now, |last| last.max(input.now)));
         self.last_temperature = input.temperature;
         let mut batch = LedgerBatch {
             tick: self.tick,
@@ -732,7 +787,7 @@ impl Market {
             if !matches!(a.life, Life::Alive) {
                 continue;
             }
-            let rent = memory_rent(a.resident, self.config.rent_per_gib, dt, grid);
+            let rent = memory_rent(a.resident, self.config.rent_per_gib, quantum, grid);
             self.charge(
                 &mut batch,
                 &mut dying,
@@ -754,27 +809,61 @@ impl Market {
             let a = &mut self.agents[p.agent.0 as usize];
             if v.passed {
                 a.stats.audits_passed += 1;
+                // The bounty of an audited claim was held until now.
+                if !matches!(a.life, Life::Dead { .. }) {
+                    self.pay_bounty(&mut batch, p.agent, p.nominal_bounty);
+                }
                 continue;
             }
             a.stats.audits_failed += 1;
             a.stats.work_refuted = a.stats.work_refuted.saturating_add(p.units);
             a.on_probation = true;
-            if matches!(a.life, Life::Alive) {
-                let fine = audit_fine(p.nominal_bounty, p.audit_ppm);
-                self.charge(&mut batch, &mut dying, p.agent, fine, TransferKind::Fine);
+            let fine = audit_fine(p.nominal_bounty, p.audit_ppm);
+            match a.life {
+                Life::Alive => {
+                    self.charge(&mut batch, &mut dying, p.agent, fine, TransferKind::Fine);
+                }
+                // Dying does not excuse a fine: take what there is, without a second apoptosis.
+                Life::Dying { .. } => {
+                    let take = fine.min(self.balance(p.agent).unwrap_or(Tokens::ZERO));
+                    if take > Tokens::ZERO {
+                        self.post(
+                            &mut batch,
+                            Transfer {
+                                from: Account::Agent(p.agent),
+                                to: Account::HouseSlash,
+                                amount: take,
+                                kind: TransferKind::Fine,
+                            },
+                        );
+                        let s = &mut self.agents[p.agent.0 as usize].stats.spent;
+                        s.fines = s.fines.saturating_add(take);
+                    }
+                }
+                Life::Dead { .. } => {}
             }
         }
 
-        // 3d. Claims: pay the bounty optimistically, audit with probability q (always while on
-        // probation).
+        // 3d. Claims. A claim must be covered by its potential fine (so that cheating has negative
+        // expected value whatever its size); the audit lottery is drawn first; an audited claim's
+        // bounty is held until its verdict passes, an unaudited one is paid now. While the audit
+        // backlog is full every claim is refused, so a full backlog cannot be used to dodge
+        // audits.
         let mut audits = Vec::new();
         for c in &input.claims {
-            if let Err(e) = self.alive(c.agent) {
+            let refuse = |refused: &mut Vec<(String, Refusal)>, e| {
                 refused.push((format!("claim {}", c.id.0), e));
+            };
+            if let Err(e) = self.alive(c.agent) {
+                refuse(&mut refused, e);
                 continue;
             }
             if self.pending_audits.contains_key(&c.id) {
-                refused.push((format!("claim {}", c.id.0), Refusal::DuplicateClaim(c.id.0)));
+                refuse(&mut refused, Refusal::DuplicateClaim(c.id.0));
+                continue;
+            }
+            if self.pending_audits.len() >= self.config.max_pending_audits {
+                refuse(&mut refused, Refusal::AuditBacklog);
                 continue;
             }
             let on_probation = self.agents[c.agent.0 as usize].on_probation;
@@ -783,32 +872,15 @@ impl Market {
             } else {
                 self.config.audit_ppm
             };
-            let audited = on_probation || (self.rng.next_u64() % u64::from(PPM)) < u64::from(ppm);
-            if audited && self.pending_audits.len() >= self.config.max_pending_audits {
-                refused.push((format!("claim {}", c.id.0), Refusal::AuditBacklog));
+            let nominal = bounty(c.units, self.config.bounty_per_unit);
+            let stake = audit_fine(nominal, ppm);
+            if self.balance(c.agent).unwrap_or(Tokens::ZERO) < stake {
+                refuse(&mut refused, Refusal::Uncovered(stake.0));
                 continue;
             }
-            let nominal = bounty(c.units, self.config.bounty_per_unit);
-            let pool = self
-                .books
-                .balance(Account::BountyPool)
-                .unwrap_or(Tokens::ZERO);
-            let paid = nominal.min(pool);
-            if paid > Tokens::ZERO {
-                self.post(
-                    &mut batch,
-                    Transfer {
-                        from: Account::BountyPool,
-                        to: Account::Agent(c.agent),
-                        amount: paid,
-                        kind: TransferKind::Bounty,
-                    },
-                );
-            }
+            let audited = on_probation || (self.rng.next_u64() % u64::from(PPM)) < u64::from(ppm);
             let s = &mut self.agents[c.agent.0 as usize].stats;
-            s.bounties = s.bounties.saturating_add(paid);
             s.work_claimed = s.work_claimed.saturating_add(c.units);
-            self.rekey(c.agent);
             if audited {
                 self.pending_audits.insert(
                     c.id,
@@ -823,6 +895,8 @@ impl Market {
                     claim: c.id,
                     agent: c.agent,
                 });
+            } else {
+                self.pay_bounty(&mut batch, c.agent, nominal);
             }
         }
 

@@ -54,7 +54,7 @@ impl PidConfig {
         power_sustainable: MilliWatts,
         power_max: MilliWatts,
     ) -> PidConfig {
-        let threshold = f64::from((temp_control.0 - temp_switch_on.0).max(1));
+        let threshold = f64::from(temp_control.0.saturating_sub(temp_switch_on.0).max(1));
         let k_po = power_sustainable.0 as f64 / threshold;
         PidConfig {
             temp_switch_on,

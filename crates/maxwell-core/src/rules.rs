@@ -20,8 +20,10 @@ pub fn memory_rent(
     if resident.0 == 0 || rent_per_gib.0 == 0 {
         return Tokens::ZERO;
     }
-    let power = MilliWatts(resident.per_gib_ceil(rent_per_gib.0));
-    grid.cost(power.over(quantum))
+    // One rounding to the microjoule: bytes * mW/GiB * ns / (GiB * 1e6) uJ.
+    let num = u128::from(resident.0) * u128::from(rent_per_gib.0) * u128::from(quantum.0);
+    let energy = num.div_ceil(u128::from(1u64 << 30) * 1_000_000);
+    grid.cost(MicroJoules(u64::try_from(energy).unwrap_or(u64::MAX)))
 }
 
 /// Landauer's bound for erasing `erased` bytes at `temp`, times `inefficiency` (how far real
@@ -103,6 +105,14 @@ mod tests {
             GRID,
         );
         assert_eq!(r, Tokens(10_000));
+        // 1.1 MiB is charged for 1.1 MiB, not rounded up to a whole milliwatt first.
+        let r = memory_rent(
+            Bytes(1_153_434),
+            MilliWatts(1_000),
+            Nanos::from_millis(10),
+            GRID,
+        );
+        assert_eq!(r, Tokens(11));
         // Any resident byte pays at least one micro-token.
         assert_eq!(
             memory_rent(Bytes(1), MilliWatts(1), Nanos(1), GRID),

@@ -350,7 +350,8 @@ fn parse_with_units(
         return Err(err("the unit is missing"));
     }
     for (name, places, mult) in units {
-        if unit.eq_ignore_ascii_case(name) {
+        // Exact case: `MW` is not `mW`, and a typo must not be off by 10^9.
+        if unit == *name {
             let fixed = parse_fixed(num, *places).map_err(err)?;
             return fixed.checked_mul(*mult).ok_or_else(|| err("too large"));
         }

@@ -214,8 +214,8 @@ fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
             agent: liar
         }]
     );
-    // Bounty paid optimistically: 100 units at 0.004 JOULE.
-    assert_eq!(m.balance(liar), Some(Tokens(10_400_000)));
+    // An audited claim's bounty (100 units at 0.004 JOULE) is held until its verdict.
+    assert_eq!(m.balance(liar), Some(Tokens(10_000_000)));
     m.tick(TickInput {
         verdicts: vec![Verdict {
             claim: ClaimId(1),
@@ -223,8 +223,8 @@ fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
         }],
         ..cool(2)
     });
-    // q = 1, so the fine is the bounty itself.
-    assert_eq!(m.balance(liar), Some(Tokens(10_000_000)));
+    // q = 1, so the fine is the bounty itself, and no bounty was paid.
+    assert_eq!(m.balance(liar), Some(Tokens(9_600_000)));
     assert_eq!(m.stats(liar).unwrap().audits_failed, 1);
     // A verdict for an unknown claim is refused, not applied.
     let out = m.tick(TickInput {
@@ -235,6 +235,26 @@ fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
         ..cool(3)
     });
     assert_eq!(out.refused[0].1, Refusal::UnknownClaim(1));
+}
+
+#[test]
+fn a_claim_must_be_covered_by_its_fine() {
+    let mut m = market(); // q = 1%: the fine is 100 bounties
+    let (a, mut commands) = admit_funded(&mut m, 39_999_999, 0);
+    commands.push(Command::FundBountyPool {
+        amount: Tokens(1_000_000_000),
+    });
+    let out = m.tick(TickInput {
+        commands,
+        claims: vec![Claim {
+            id: ClaimId(1),
+            agent: a,
+            units: 100, // 0.4 JOULE of bounty risks a 40 JOULE fine
+        }],
+        ..cool(1)
+    });
+    assert_eq!(out.refused[0].1, Refusal::Uncovered(40_000_000));
+    assert_eq!(m.balance(a), Some(Tokens(39_999_999)));
 }
 
 #[test]
