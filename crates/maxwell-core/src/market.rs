@@ -550,18 +550,15 @@ impl Market {
         }
     }
 
-    /// Charges an agent. Pays in full, or pays everything it has and starts dying.
-    fn charge(
+    /// Takes up to `amount` from an agent for a charge of `kind`, records it in the agent's
+    /// spending, and returns what was paid.
+    fn take(
         &mut self,
         batch: &mut LedgerBatch,
-        out_dying: &mut Vec<(AgentId, Cause)>,
         agent: AgentId,
         amount: Tokens,
         kind: TransferKind,
-    ) {
-        if amount == Tokens::ZERO {
-            return;
-        }
+    ) -> Tokens {
         let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
         let paid = balance.min(amount);
         if paid > Tokens::ZERO {
@@ -584,6 +581,22 @@ impl Market {
             };
             *bucket = bucket.saturating_add(paid);
         }
+        paid
+    }
+
+    /// Charges an agent. Pays in full, or pays everything it has and starts dying.
+    fn charge(
+        &mut self,
+        batch: &mut LedgerBatch,
+        out_dying: &mut Vec<(AgentId, Cause)>,
+        agent: AgentId,
+        amount: Tokens,
+        kind: TransferKind,
+    ) {
+        if amount == Tokens::ZERO {
+            return;
+        }
+        let paid = self.take(batch, agent, amount, kind);
         if paid < amount {
             let cause = Cause::Insolvent {
                 charge: kind,
@@ -825,20 +838,7 @@ impl Market {
                 }
                 // Dying does not excuse a fine: take what there is, without a second apoptosis.
                 Life::Dying { .. } => {
-                    let take = fine.min(self.balance(p.agent).unwrap_or(Tokens::ZERO));
-                    if take > Tokens::ZERO {
-                        self.post(
-                            &mut batch,
-                            Transfer {
-                                from: Account::Agent(p.agent),
-                                to: Account::HouseSlash,
-                                amount: take,
-                                kind: TransferKind::Fine,
-                            },
-                        );
-                        let s = &mut self.agents[p.agent.0 as usize].stats.spent;
-                        s.fines = s.fines.saturating_add(take);
-                    }
+                    self.take(&mut batch, p.agent, fine, TransferKind::Fine);
                 }
                 Life::Dead { .. } => {}
             }
