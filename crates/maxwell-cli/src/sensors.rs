@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use maxwell_core::Nanos;
+use maxwell_physics::gpu::GpuReading;
 use maxwell_physics::{Candidate, Chosen, ModelParams, Physics};
 
 use crate::{Exit, write_out};
@@ -46,12 +47,29 @@ struct Report<'a> {
     temperature_c: f64,
     interval_s: f64,
     fallbacks: &'a [String],
+    /// NVIDIA GPUs, when read (feature `nvml`); not included in `power_w`.
+    gpu: Option<GpuReading>,
 }
 
-fn sample(p: &mut Physics, interval: Nanos) -> (f64, f64) {
+fn sample(p: &mut Physics, interval: Nanos) -> (f64, f64, Option<GpuReading>) {
     std::thread::sleep(Duration::from_nanos(interval.0));
     let r = p.sample(interval);
-    (r.power.as_watts_f64(), r.temperature.as_celsius_f64())
+    (
+        r.power.as_watts_f64(),
+        r.temperature.as_celsius_f64(),
+        r.gpu,
+    )
+}
+
+fn gpu_text(g: Option<GpuReading>) -> String {
+    g.map_or_else(String::new, |g| {
+        format!(
+            ", GPUs ({}): {:.1} W, hottest {:.1} C",
+            g.devices,
+            g.power.as_watts_f64(),
+            g.temperature.as_celsius_f64()
+        )
+    })
 }
 
 fn label(c: &Chosen) -> &'static str {
@@ -61,7 +79,7 @@ fn label(c: &Chosen) -> &'static str {
 /// Reports what was found and live readings.
 pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
     let mut p = Physics::open(&a.root, ModelParams::default());
-    let (power_w, temperature_c) = sample(&mut p, a.interval);
+    let (power_w, temperature_c, gpu) = sample(&mut p, a.interval);
     if a.json {
         let report = Report {
             energy: p.energy_source(),
@@ -72,6 +90,7 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
             temperature_c,
             interval_s: a.interval.as_secs_f64(),
             fallbacks: &p.fallbacks,
+            gpu,
         };
         let mut text = serde_json::to_string_pretty(&report)?;
         text.push('\n');
@@ -92,7 +111,7 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
             ));
         }
         text.push_str(&format!(
-            "\nEnergy:      {}{}: {}\nTemperature: {}{}: {}\n\nNow: {:.1} W, {:.1} C\n",
+            "\nEnergy:      {}{}: {}\nTemperature: {}{}: {}\n\nNow: {:.1} W, {:.1} C{}\n",
             p.energy_source().source,
             label(p.energy_source()),
             p.energy_source().detail,
@@ -100,7 +119,8 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
             label(p.temperature_source()),
             p.temperature_source().detail,
             power_w,
-            temperature_c
+            temperature_c,
+            gpu_text(gpu)
         ));
         write_out(&text)?;
     }
@@ -108,7 +128,7 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     loop {
-        let (w, c) = sample(&mut p, a.interval);
+        let (w, c, gpu) = sample(&mut p, a.interval);
         let line = if a.json {
             format!(
                 "{{\"power_w\":{w:.3},\"temperature_c\":{c:.3},\"energy_modelled\":{},\"temperature_modelled\":{}}}\n",
@@ -117,10 +137,11 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
             )
         } else {
             format!(
-                "{w:>8.1} W {}{:>8.1} C {}\n",
+                "{w:>8.1} W {}{:>8.1} C {}{}\n",
                 label(p.energy_source()),
                 c,
-                label(p.temperature_source())
+                label(p.temperature_source()),
+                gpu_text(gpu)
             )
         };
         write_out(&line)?;

@@ -15,12 +15,13 @@
 //! Energy is attributed to agents by CPU time with [`maxwell_core::energy::attribute`]. Agents
 //! never see raw readings (the PLATYPUS side channel); they see prices.
 //!
-//! Not yet: NVML (GPUs).
+//! - [`gpu`]: NVIDIA GPUs through NVML, behind the cargo feature `nvml` (loaded at run time).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod fs;
+pub mod gpu;
 pub mod model;
 pub mod msr;
 pub mod rapl;

@@ -115,7 +115,11 @@ impl Msr {
 
     /// Package energy since the last read (the 32-bit counter's wrap corrected).
     pub fn read_delta(&mut self) -> Result<MicroJoules, SensorReadError> {
-        let raw = self.read(self.vendor.registers().package_energy)? & 0xffff_ffff;
+        self.read_register_delta(self.vendor.registers().package_energy)
+    }
+
+    fn read_register_delta(&mut self, register: u64) -> Result<MicroJoules, SensorReadError> {
+        let raw = self.read(register)? & 0xffff_ffff;
         let counts = self.counter.update(raw).map_or(0, |d| d.0);
         // counts / 2^esu joules, in microjoules, rounded down.
         let uj = (u128::from(counts) * 1_000_000) >> self.energy_unit_exp;
@@ -142,5 +146,69 @@ impl Msr {
         let below = ((status >> 16) & 0x7f) as i32;
         let tj_max = ((self.read(0x1A2)? >> 16) & 0xff) as i32;
         Ok(MilliCelsius((tj_max - below) * 1000))
+    }
+}
+
+/// AMD per-core energy (`0xC001029A` on each CPU's MSR device), for attributing energy to the
+/// cores that spent it. Intel has no per-core energy register.
+#[derive(Debug)]
+pub struct AmdCoreEnergy {
+    cpus: Vec<Msr>,
+}
+
+impl AmdCoreEnergy {
+    /// Opens every `root/dev/cpu/N/msr` (N in numeric order) on an AMD machine.
+    pub fn open(root: &Path) -> Result<AmdCoreEnergy, SensorReadError> {
+        let vendor = vendor(root)?;
+        if vendor != Vendor::Amd {
+            return Err(SensorReadError::Absent(
+                root.join("dev/cpu/0/msr (per-core energy is an AMD register)"),
+            ));
+        }
+        let dir = root.join("dev/cpu");
+        let mut numbered: Vec<(u32, PathBuf)> = crate::fs::entries(&dir, "")?
+            .into_iter()
+            .filter_map(|p| {
+                let n = p.file_name()?.to_str()?.parse().ok()?;
+                Some((n, p.join("msr")))
+            })
+            .collect();
+        numbered.sort();
+        let mut cpus = Vec::with_capacity(numbered.len());
+        for (_, path) in numbered {
+            let file = File::open(&path).map_err(|e| classify(&path, &e, MSR_HINT))?;
+            let mut msr = Msr {
+                path,
+                file,
+                vendor,
+                energy_unit_exp: 0,
+                counter: RaplCounter::new(1 << 32),
+            };
+            msr.energy_unit_exp = ((msr.read(vendor.registers().units)? >> 8) & 0x1f) as u32;
+            msr.read_register_delta(0xC001_029A)?;
+            cpus.push(msr);
+        }
+        if cpus.is_empty() {
+            return Err(SensorReadError::Absent(dir.join("N/msr")));
+        }
+        Ok(AmdCoreEnergy { cpus })
+    }
+
+    /// Number of CPUs read.
+    pub fn len(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Always false: `open` refuses an empty set.
+    pub fn is_empty(&self) -> bool {
+        self.cpus.is_empty()
+    }
+
+    /// Each CPU's core energy since the last read, in CPU order.
+    pub fn read_deltas(&mut self) -> Result<Vec<MicroJoules>, SensorReadError> {
+        self.cpus
+            .iter_mut()
+            .map(|m| m.read_register_delta(0xC001_029A))
+            .collect()
     }
 }

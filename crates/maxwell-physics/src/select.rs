@@ -9,6 +9,7 @@ use serde::Serialize;
 use maxwell_core::{MicroJoules, MilliCelsius, MilliWatts, Nanos};
 
 use crate::fs::SensorReadError;
+use crate::gpu::{GpuReading, Gpus};
 use crate::model::{Model, ModelParams};
 use crate::msr::Msr;
 use crate::rapl::Powercap;
@@ -29,9 +30,9 @@ enum TempReader {
 /// One candidate source and why it is or is not used.
 #[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
-    /// Source name: `powercap`, `msr`, `hwmon`, `thermal_zone`, `model`.
+    /// Source name: `powercap`, `msr`, `hwmon`, `thermal_zone`, `nvml`, `model`.
     pub name: &'static str,
-    /// `energy` or `temperature`.
+    /// `energy`, `temperature` or `gpu`.
     pub quantity: &'static str,
     /// Whether it could be read.
     pub available: bool,
@@ -63,6 +64,8 @@ pub struct Reading {
     pub energy_modelled: bool,
     /// Temperature came from the model.
     pub temperature_modelled: bool,
+    /// NVIDIA GPUs, reported beside the CPU (not included in `energy`), when NVML is in use.
+    pub gpu: Option<GpuReading>,
 }
 
 /// The machine's physics, from the best sources available.
@@ -73,6 +76,7 @@ pub struct Physics {
     candidates: Vec<Candidate>,
     energy_chosen: Chosen,
     temp_chosen: Chosen,
+    gpus: Option<Gpus>,
     /// Sources dropped mid-run, and why.
     pub fallbacks: Vec<String>,
 }
@@ -202,6 +206,27 @@ impl Physics {
             }
         }
 
+        let gpus = match Gpus::open() {
+            Ok(g) => {
+                candidates.push(Candidate {
+                    name: "nvml",
+                    quantity: "gpu",
+                    available: true,
+                    reason: format!("GPUs: {}", g.names.join(", ")),
+                });
+                Some(g)
+            }
+            Err(reason) => {
+                candidates.push(Candidate {
+                    name: "nvml",
+                    quantity: "gpu",
+                    available: false,
+                    reason,
+                });
+                None
+            }
+        };
+
         let p = model.params();
         let model_detail = format!(
             "modelled: {} idle + {} per busy core; RC model R = {} K/W, tau = {} s, ambient {}",
@@ -233,6 +258,7 @@ impl Physics {
             candidates,
             energy_chosen,
             temp_chosen,
+            gpus,
             fallbacks: Vec::new(),
         }
     }
@@ -250,6 +276,11 @@ impl Physics {
     /// The temperature source in use.
     pub fn temperature_source(&self) -> &Chosen {
         &self.temp_chosen
+    }
+
+    /// Names of the GPUs read through NVML (empty without them).
+    pub fn gpus(&self) -> &[String] {
+        self.gpus.as_ref().map_or(&[], |g| &g.names)
     }
 
     /// The model's parameters.
@@ -316,12 +347,23 @@ impl Physics {
             }
             None => self.model.temperature(),
         };
+        let gpu = match self.gpus.as_mut().map(|g| g.sample(dt)) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                self.fallbacks
+                    .push(format!("gpu: nvml failed ({e}); GPUs no longer read"));
+                self.gpus = None;
+                None
+            }
+            None => None,
+        };
         Reading {
             energy,
             power: energy.per(dt),
             temperature,
             energy_modelled: self.energy_chosen.modelled,
             temperature_modelled: self.temp_chosen.modelled,
+            gpu,
         }
     }
 }

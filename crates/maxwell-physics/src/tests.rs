@@ -231,7 +231,11 @@ fn hwmon_picks_the_cpu_die_sensor() {
 }
 
 fn write_msr(f: &Fixture, regs: &[(u64, u64)]) {
-    let path = f.root().join("dev/cpu/0/msr");
+    write_cpu_msr(f, 0, regs);
+}
+
+fn write_cpu_msr(f: &Fixture, cpu: u32, regs: &[(u64, u64)]) {
+    let path = f.root().join(format!("dev/cpu/{cpu}/msr"));
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let file = fs::OpenOptions::new()
         .create(true)
@@ -303,4 +307,69 @@ fn model_reaches_the_rc_steady_state() {
         t = r.temperature;
     }
     assert!((t.0 - 62_500).abs() <= 1, "{t:?}");
+}
+
+#[test]
+fn amd_core_energy_per_cpu_with_wrap() {
+    let f = Fixture::new("msr-amd-cores");
+    f.write("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n");
+    // Two CPUs listed out of lexical order (10 before 2) to check numeric ordering. A fixture
+    // file is flat, so the 8-byte registers at 0xC0010299 and 0xC001029A overlap: every counter
+    // value here has 0x10 in its low byte, which is also the units register's ESU byte (2^-16 J).
+    for (cpu, start) in [(2u32, 0xffff_0010u64), (10, 0x10)] {
+        write_cpu_msr(&f, cpu, &[(0xC001_0299, 16 << 8), (0xC001_029A, start)]);
+    }
+    let mut cores = msr::AmdCoreEnergy::open(f.root()).unwrap();
+    assert_eq!(cores.len(), 2);
+    // cpu2 wraps: 0x10000 counts to the top plus 0x10000 = 2 J; cpu10 advances 65536 = 1 J.
+    write_cpu_msr(&f, 2, &[(0xC001_029A, 0x1_0010)]);
+    write_cpu_msr(&f, 10, &[(0xC001_029A, 0x1_0010)]);
+    assert_eq!(
+        cores.read_deltas().unwrap(),
+        vec![MicroJoules(2_000_000), MicroJoules(1_000_000)]
+    );
+    // Intel machines have no per-core register; the error says so.
+    f.write("proc/cpuinfo", "vendor_id\t: GenuineIntel\n");
+    let e = msr::AmdCoreEnergy::open(f.root()).unwrap_err().to_string();
+    assert!(e.contains("AMD"), "{e}");
+}
+
+#[test]
+fn gpu_counter_deltas_and_driver_reload() {
+    let mut c = gpu::GpuCounter::default();
+    assert_eq!(c.delta(5_000), MicroJoules(0));
+    assert_eq!(c.delta(5_250), MicroJoules(250_000));
+    // The driver reloaded: the counter restarts from zero.
+    assert_eq!(c.delta(40), MicroJoules(40_000));
+    let r = gpu::combine(
+        &[
+            (MicroJoules(250_000), MilliCelsius(61_000)),
+            (MicroJoules(150_000), MilliCelsius(70_000)),
+        ],
+        Nanos(10_000_000),
+    );
+    assert_eq!(r.energy, MicroJoules(400_000));
+    assert_eq!(r.power, MilliWatts(40_000));
+    assert_eq!(r.temperature, MilliCelsius(70_000));
+    assert_eq!(r.devices, 2);
+}
+
+#[test]
+fn gpu_candidate_always_listed_with_a_reason() {
+    let f = Fixture::new("gpu");
+    f.with_proc_stat(0, 100);
+    let p = Physics::open(f.root(), ModelParams::default());
+    let c = candidate(&p, "nvml", "gpu");
+    if !c.available {
+        // Without the feature the reason names it; with it, on a machine without the NVIDIA
+        // driver (this VM, CI), the reason names the library or the driver.
+        assert!(
+            c.reason.contains("--features")
+                || c.reason.contains("NVIDIA")
+                || c.reason.contains("NVML"),
+            "{}",
+            c.reason
+        );
+        assert!(p.gpus().is_empty());
+    }
 }
