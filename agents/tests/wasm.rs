@@ -1,0 +1,108 @@
+//! The four WASM agents under the wasm backend, doing what each is for.
+
+use std::time::Duration;
+
+use maxwell_agents::{LEECH_WAT, LIAR_WAT, SCIENTIST_WAT, SQUATTER_WAT};
+use maxwell_core::work::verify;
+use maxwell_core::{Bytes, Tokens};
+use maxwell_sandbox::wasm::WasmSandbox;
+use maxwell_sandbox::{Agent, AgentSpec, Limits, Message, Program, Sandbox, Status};
+
+fn spawn(sb: &WasmSandbox, name: &str, wat: &str) -> Box<dyn Agent> {
+    let mut a = sb
+        .spawn(&AgentSpec {
+            name: name.into(),
+            program: Program::Wasm {
+                module: wat.as_bytes().to_vec(),
+            },
+            limits: Limits {
+                memory_max: Bytes(128 << 20),
+                pids_max: 1,
+            },
+        })
+        .unwrap();
+    a.inform(Tokens(10_000_000), Tokens(100_000));
+    a
+}
+
+fn run(a: &mut Box<dyn Agent>, quanta: u32) -> Vec<Message> {
+    let mut out = Vec::new();
+    for _ in 0..quanta {
+        a.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        a.pause().unwrap();
+        out.extend(a.drain());
+    }
+    assert_eq!(a.status(), Status::Paused, "{}", a.name());
+    out
+}
+
+fn claims(ms: &[Message]) -> Vec<maxwell_core::work::PrimeClaim> {
+    ms.iter()
+        .filter_map(|m| match m {
+            Message::Claim(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_scientist_claims_ranges_that_audits_confirm() {
+    let sb = WasmSandbox::new().unwrap();
+    let mut a = spawn(&sb, "scientist", SCIENTIST_WAT);
+    let ms = run(&mut a, 30);
+    let cs = claims(&ms);
+    assert!(cs.len() >= 3, "only {} claims", cs.len());
+    for c in &cs {
+        assert!(verify(c), "{c:?}");
+        assert!(c.count > 2_000);
+    }
+    // Consecutive ranges.
+    assert!(cs.windows(2).all(|w| w[0].end == w[1].start));
+    // It bids a twentieth of its balance.
+    assert!(ms.contains(&Message::Bid {
+        price: Tokens(500_000)
+    }));
+    assert!(
+        ms.iter()
+            .any(|m| matches!(m, Message::Log(l) if l.starts_with("scientist")))
+    );
+    a.kill("done");
+}
+
+#[test]
+fn the_liar_claims_what_audits_refute() {
+    let sb = WasmSandbox::new().unwrap();
+    let mut a = spawn(&sb, "liar", LIAR_WAT);
+    let cs = claims(&run(&mut a, 20));
+    assert!(!cs.is_empty());
+    assert!(cs.iter().all(|c| !verify(c)));
+    a.kill("done");
+}
+
+#[test]
+fn the_leech_bids_greedily_claims_nothing_and_erases() {
+    let sb = WasmSandbox::new().unwrap();
+    let mut a = spawn(&sb, "leech", LEECH_WAT);
+    let ms = run(&mut a, 20);
+    assert!(claims(&ms).is_empty());
+    assert!(ms.contains(&Message::Bid {
+        price: Tokens(9_000_000)
+    }));
+    let u = a.usage().unwrap();
+    assert!(u.cpu.0 > 100_000_000, "{u:?}");
+    // It overwrites 4 MiB again and again: megabytes erased per quantum.
+    assert!(u.erased.0 > 20 * (1 << 20), "{u:?}");
+    a.kill("done");
+}
+
+#[test]
+fn the_squatter_takes_memory_then_withdraws_and_idles() {
+    let sb = WasmSandbox::new().unwrap();
+    let mut a = spawn(&sb, "squatter", SQUATTER_WAT);
+    let ms = run(&mut a, 10);
+    assert_eq!(ms.last(), Some(&Message::CancelBid));
+    let u = a.usage().unwrap();
+    assert!(u.resident.0 >= 64 << 20, "{u:?}");
+    a.kill("done");
+}

@@ -1,0 +1,1 @@
+//! placeholder: the protocol and SDK land with the process backend
