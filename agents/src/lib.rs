@@ -30,3 +30,21 @@ pub const WASM_AGENTS: [(&str, &str); 4] = [
     ("squatter", SQUATTER_WAT),
     ("liar", LIAR_WAT),
 ];
+
+/// The scientist, made to sieve `ranges` ranges of 262,144 numbers and return (for benchmarks).
+pub fn scientist_bounded(ranges: u64) -> String {
+    SCIENTIST_WAT.replace(
+        "(i64.const -1)) ;; RANGES",
+        &format!("(i64.const {ranges})) ;; RANGES"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bounded_scientist_differs_only_in_its_range_count() {
+        let b = super::scientist_bounded(3);
+        assert!(b.contains("(i64.const 3)) ;; RANGES"));
+        assert_eq!(b.len() + 1, super::SCIENTIST_WAT.len());
+    }
+}

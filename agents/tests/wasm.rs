@@ -1,5 +1,7 @@
 //! The four WASM agents under the wasm backend, doing what each is for.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure should panic
+
 use std::time::Duration;
 
 use maxwell_agents::{LEECH_WAT, LIAR_WAT, SCIENTIST_WAT, SQUATTER_WAT};
@@ -9,7 +11,7 @@ use maxwell_sandbox::wasm::WasmSandbox;
 use maxwell_sandbox::{Agent, AgentSpec, Limits, Message, Program, Sandbox, Status};
 
 fn spawn(sb: &WasmSandbox, name: &str, wat: &str) -> Box<dyn Agent> {
-    let mut a = sb
+    let a = sb
         .spawn(&AgentSpec {
             name: name.into(),
             program: Program::Wasm {

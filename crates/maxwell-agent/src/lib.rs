@@ -1,1 +1,546 @@
-//! placeholder: the protocol and SDK land with the process backend
+//! # maxwell-agent: the agent protocol and a small SDK for native agents
+//!
+//! A native agent runs under Maxwell's process backend and talks to the host over a Unix
+//! stream socket whose path is in the environment variable [`SOCKET_ENV`] (`MAXWELL_SOCKET`).
+//! The protocol is versioned, line-delimited JSON: every line is one JSON object carrying
+//! `"v":1`, at most [`MAX_LINE`] bytes long including its newline. The agent sends a
+//! [`Request`]; the host answers each request, in order, with exactly one [`Reply`]. The full
+//! specification, with an example of every message, is `docs/protocol.md`.
+//!
+//! This crate holds the message types (used by the host in `maxwell-sandbox` and by the SDK, so
+//! both sides agree by construction), the bounded line reader both sides use, and the SDK:
+//!
+//! ```no_run
+//! use maxwell_agent::Client;
+//! use maxwell_core::Tokens;
+//!
+//! let mut host = Client::from_env()?;
+//! let balance = host.balance()?;
+//! host.bid(Tokens(balance.0 / 100))?;
+//! host.claim(maxwell_core::work::sieve(0, 1 << 16))?;
+//! host.log("sieved the first 65536 numbers")?;
+//! # Ok::<(), maxwell_agent::ClientError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use maxwell_core::Tokens;
+use maxwell_core::work::PrimeClaim;
+
+/// The protocol version this crate speaks. Every line carries it as `"v"`.
+pub const VERSION: u64 = 1;
+
+/// The longest line either side may send, in bytes, including the terminating newline. The
+/// host answers a longer line with an error, reports a violation and closes the connection.
+pub const MAX_LINE: usize = 4096;
+
+/// The environment variable that names the agent's socket.
+pub const SOCKET_ENV: &str = "MAXWELL_SOCKET";
+
+/// The environment variable that holds the agent's name.
+pub const AGENT_ENV: &str = "MAXWELL_AGENT";
+
+/// What an agent asks of the host: the `op` field of a request line and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Introduces the agent (optional; if sent, the name must be the agent's own).
+    Hello {
+        /// The agent's name, as in `MAXWELL_AGENT`.
+        name: String,
+    },
+    /// Places or replaces the standing bid, per slot per quantum.
+    Bid {
+        /// The price in micro-JOULE.
+        price: Tokens,
+    },
+    /// Withdraws the standing bid.
+    CancelBid,
+    /// Claims useful work: the primes in `[start, end)`.
+    Claim(PrimeClaim),
+    /// Asks for the agent's balance.
+    Balance,
+    /// Asks for the last clearing price.
+    Price,
+    /// A log line (the host keeps at most 512 bytes of it).
+    Log {
+        /// The text.
+        msg: String,
+    },
+}
+
+/// One request line: the version and the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// The protocol version, [`VERSION`].
+    pub v: u64,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The host's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "ReplyLine", try_from = "ReplyLine")]
+pub enum Reply {
+    /// Done (`{"v":1,"ok":true}`): the answer to hello, bid, cancel_bid, claim and log.
+    Ok,
+    /// The balance (`{"v":1,"balance":1000}`).
+    Balance(Tokens),
+    /// The clearing price (`{"v":1,"price":25}`).
+    Price(Tokens),
+    /// Refused, and why (`{"v":1,"error":"..."}`).
+    Error(String),
+}
+
+/// The wire form of a [`Reply`]: exactly one of the optional fields is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyLine {
+    /// The protocol version, [`VERSION`].
+    pub v: u64,
+    /// `true` for [`Reply::Ok`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    /// The balance, for [`Reply::Balance`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Tokens>,
+    /// The price, for [`Reply::Price`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Tokens>,
+    /// The reason, for [`Reply::Error`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Reply> for ReplyLine {
+    fn from(r: Reply) -> ReplyLine {
+        let mut line = ReplyLine {
+            v: VERSION,
+            ok: None,
+            balance: None,
+            price: None,
+            error: None,
+        };
+        match r {
+            Reply::Ok => line.ok = Some(true),
+            Reply::Balance(b) => line.balance = Some(b),
+            Reply::Price(p) => line.price = Some(p),
+            Reply::Error(e) => line.error = Some(e),
+        }
+        line
+    }
+}
+
+impl TryFrom<ReplyLine> for Reply {
+    type Error = String;
+
+    fn try_from(l: ReplyLine) -> Result<Reply, String> {
+        if l.v != VERSION {
+            return Err(format!(
+                "unsupported protocol version {}; this agent speaks {VERSION}",
+                l.v
+            ));
+        }
+        match (l.ok, l.balance, l.price, l.error) {
+            (Some(true), None, None, None) => Ok(Reply::Ok),
+            (None, Some(b), None, None) => Ok(Reply::Balance(b)),
+            (None, None, Some(p), None) => Ok(Reply::Price(p)),
+            (None, None, None, Some(e)) => Ok(Reply::Error(e)),
+            _ => Err("a reply carries exactly one of ok, balance, price, error".into()),
+        }
+    }
+}
+
+/// Why a request line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The line names a version this side does not speak.
+    #[error("unsupported protocol version {0}; this host speaks {VERSION}")]
+    UnsupportedVersion(String),
+    /// The line has no `"v"`.
+    #[error("missing protocol version: every line carries \"v\":{VERSION}")]
+    MissingVersion,
+    /// The line is not a request.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The line is longer than [`MAX_LINE`].
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+}
+
+/// Parses one request line (without or with its newline). The version is checked first, so a
+/// line from a newer protocol is refused as such, whatever else it holds.
+pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: Option<serde_json::Value>,
+    }
+    let versioned: Versioned =
+        serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    match versioned.v {
+        None => return Err(ProtocolError::MissingVersion),
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        Some(v) => return Err(ProtocolError::UnsupportedVersion(v.to_string())),
+    }
+    let parsed: RequestLine =
+        serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    Ok(parsed.request)
+}
+
+/// Encodes a request as one line, newline included.
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    encode(&RequestLine {
+        v: VERSION,
+        request: request.clone(),
+    })
+}
+
+/// Encodes a reply as one line, newline included.
+pub fn encode_reply(reply: &Reply) -> Vec<u8> {
+    encode(reply)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain types cannot fail; fall back to an error line if it ever does.
+    let mut out = serde_json::to_vec(value)
+        .unwrap_or_else(|_| br#"{"v":1,"error":"internal encoding error"}"#.to_vec());
+    out.push(b'\n');
+    out
+}
+
+/// The outcome of [`read_line`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineRead {
+    /// A whole line is in the buffer, without its newline.
+    Line,
+    /// The peer closed the connection (a partial last line is discarded).
+    Eof,
+    /// The line reached [`MAX_LINE`] bytes without a newline; reading stopped there.
+    TooLong,
+}
+
+/// Reads one line into `buf` (cleared first), never holding more than `max` bytes: a line
+/// that does not end within `max` bytes (newline included) is abandoned as
+/// [`LineRead::TooLong`] without reading the rest.
+pub fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(LineRead::Eof);
+        }
+        let room = max.saturating_sub(buf.len());
+        match available.iter().position(|&b| b == b'\n') {
+            Some(i) if i < room => {
+                buf.extend_from_slice(&available[..i]);
+                r.consume(i + 1);
+                return Ok(LineRead::Line);
+            }
+            _ => {
+                let take = available.len().min(room);
+                buf.extend_from_slice(&available[..take]);
+                r.consume(take);
+                if buf.len() >= max {
+                    return Ok(LineRead::TooLong);
+                }
+            }
+        }
+    }
+}
+
+/// What can go wrong for an agent talking to the host.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `MAXWELL_SOCKET` is not set: the program is not running under Maxwell.
+    #[error(
+        "{SOCKET_ENV} is not set: this program is a Maxwell agent and expects the process backend to start it"
+    )]
+    NoSocket,
+    /// The host closed the connection (it is shutting the agent down).
+    #[error("the host closed the connection")]
+    Closed,
+    /// The host refused the request.
+    #[error("the host refused: {0}")]
+    Refused(String),
+    /// The host's answer was not a reply this SDK understands.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The socket failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl ClientError {
+    /// True when the host is gone for good and the agent should exit.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, ClientError::Closed)
+    }
+}
+
+fn io_error(context: &str, e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof => ClientError::Closed,
+        _ => ClientError::Io {
+            context: context.into(),
+            source: e,
+        },
+    }
+}
+
+/// A connection to the host. Each call sends one request and waits for its reply.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    line: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the socket named in `MAXWELL_SOCKET` and, if `MAXWELL_AGENT` is set, says
+    /// hello with that name.
+    pub fn from_env() -> Result<Client, ClientError> {
+        let path = std::env::var_os(SOCKET_ENV).ok_or(ClientError::NoSocket)?;
+        let mut client = Client::connect(Path::new(&path))?;
+        if let Ok(name) = std::env::var(AGENT_ENV) {
+            client.hello(&name)?;
+        }
+        Ok(client)
+    }
+
+    /// Connects to a socket (no hello).
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let writer = UnixStream::connect(path).map_err(|e| ClientError::Io {
+            context: format!("connecting to {}", path.display()),
+            source: e,
+        })?;
+        let reader = writer
+            .try_clone()
+            .map_err(|e| io_error("cloning the socket", e))?;
+        Ok(Client {
+            path: path.to_path_buf(),
+            reader: BufReader::new(reader),
+            writer,
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    /// Connects again to the same socket, after an error (no hello).
+    pub fn reconnect(&mut self) -> Result<(), ClientError> {
+        *self = Client::connect(&self.path.clone())?;
+        Ok(())
+    }
+
+    /// Sends one request and returns the host's reply as it is (errors included).
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        let line = encode_request(request);
+        if line.len() > MAX_LINE {
+            return Err(ClientError::Protocol(format!(
+                "request of {} bytes exceeds the {MAX_LINE}-byte line limit",
+                line.len()
+            )));
+        }
+        self.writer
+            .write_all(&line)
+            .map_err(|e| io_error("sending a request", e))?;
+        match read_line(&mut self.reader, &mut self.line, MAX_LINE)
+            .map_err(|e| io_error("reading a reply", e))?
+        {
+            LineRead::Eof => Err(ClientError::Closed),
+            LineRead::TooLong => Err(ClientError::Protocol("reply line too long".into())),
+            LineRead::Line => serde_json::from_slice::<Reply>(&self.line)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    fn expect_ok(&mut self, request: &Request) -> Result<(), ClientError> {
+        match self.request(request)? {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Introduces the agent.
+    pub fn hello(&mut self, name: &str) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Hello {
+            name: name.to_string(),
+        })
+    }
+
+    /// Places or replaces the standing bid.
+    pub fn bid(&mut self, price: Tokens) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Bid { price })
+    }
+
+    /// Withdraws the standing bid.
+    pub fn cancel_bid(&mut self) -> Result<(), ClientError> {
+        self.expect_ok(&Request::CancelBid)
+    }
+
+    /// Claims useful work.
+    pub fn claim(&mut self, claim: PrimeClaim) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Claim(claim))
+    }
+
+    /// The agent's balance, as the host last knew it.
+    pub fn balance(&mut self) -> Result<Tokens, ClientError> {
+        match self.request(&Request::Balance)? {
+            Reply::Balance(b) => Ok(b),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The last clearing price.
+    pub fn price(&mut self) -> Result<Tokens, ClientError> {
+        match self.request(&Request::Price)? {
+            Reply::Price(p) => Ok(p),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Sends a log line.
+    pub fn log(&mut self, msg: &str) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Log {
+            msg: msg.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_with_their_version() {
+        let all = [
+            Request::Hello { name: "sci".into() },
+            Request::Bid {
+                price: Tokens(1500),
+            },
+            Request::CancelBid,
+            Request::Claim(PrimeClaim {
+                start: 0,
+                end: 100,
+                count: 25,
+                digest: u64::MAX,
+            }),
+            Request::Balance,
+            Request::Price,
+            Request::Log { msg: "hi".into() },
+        ];
+        for r in all {
+            let line = encode_request(&r);
+            assert!(line.starts_with(br#"{"v":1,"op":""#), "{line:?}");
+            assert_eq!(parse_request(&line).unwrap(), r);
+        }
+        assert_eq!(
+            encode_request(&Request::Bid { price: Tokens(7) }),
+            b"{\"v\":1,\"op\":\"bid\",\"price\":7}\n"
+        );
+    }
+
+    #[test]
+    fn replies_have_one_shape_each() {
+        for (r, s) in [
+            (Reply::Ok, r#"{"v":1,"ok":true}"#),
+            (Reply::Balance(Tokens(1000)), r#"{"v":1,"balance":1000}"#),
+            (Reply::Price(Tokens(25)), r#"{"v":1,"price":25}"#),
+            (Reply::Error("no".into()), r#"{"v":1,"error":"no"}"#),
+        ] {
+            let line = encode_reply(&r);
+            assert_eq!(line, format!("{s}\n").into_bytes());
+            assert_eq!(serde_json::from_slice::<Reply>(&line).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<Reply>(r#"{"v":1,"ok":true,"price":3}"#).is_err());
+        assert!(serde_json::from_str::<Reply>(r#"{"v":2,"ok":true}"#).is_err());
+    }
+
+    #[test]
+    fn versions_are_checked_first() {
+        let e = parse_request(br#"{"v":7,"op":"teleport"}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unsupported protocol version 7; this host speaks 1"
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"price"}"#).unwrap_err(),
+            ProtocolError::MissingVersion
+        );
+        assert!(matches!(
+            parse_request(b"not json"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(br#"{"v":1,"op":"bid","price":-3}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(br#"[1,2]"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn lines_are_bounded() {
+        let mut buf = Vec::new();
+        let data = b"abc\nde\nfgh";
+        let mut r = BufReader::with_capacity(2, &data[..]);
+        assert_eq!(read_line(&mut r, &mut buf, 8).unwrap(), LineRead::Line);
+        assert_eq!(buf, b"abc");
+        assert_eq!(read_line(&mut r, &mut buf, 8).unwrap(), LineRead::Line);
+        assert_eq!(buf, b"de");
+        assert_eq!(read_line(&mut r, &mut buf, 8).unwrap(), LineRead::Eof);
+
+        let long = [b'x'; 100];
+        let mut r = BufReader::with_capacity(7, &long[..]);
+        assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), LineRead::TooLong);
+        assert_eq!(buf.len(), 10);
+
+        // Exactly max bytes including the newline is fine; one more is too long.
+        let mut r = BufReader::new(&b"123456789\n"[..]);
+        assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), LineRead::Line);
+        let mut r = BufReader::new(&b"1234567890\n"[..]);
+        assert_eq!(read_line(&mut r, &mut buf, 10).unwrap(), LineRead::TooLong);
+    }
+
+    #[test]
+    fn the_claim_in_docs_protocol_md_is_true() {
+        let line = br#"{"v":1,"op":"claim","start":1048576,"end":2097152,"count":73586,"digest":12579513731798826557}"#;
+        let Request::Claim(c) = parse_request(line).unwrap() else {
+            panic!()
+        };
+        assert!(maxwell_core::work::verify(&c));
+    }
+
+    #[test]
+    fn from_env_without_a_socket_says_so() {
+        // The test environment never sets the variable; if it did, there is nothing to check.
+        if std::env::var_os(SOCKET_ENV).is_none() {
+            let e = Client::from_env().unwrap_err();
+            assert!(matches!(e, ClientError::NoSocket));
+            assert!(e.to_string().contains("MAXWELL_SOCKET is not set"));
+        }
+    }
+}

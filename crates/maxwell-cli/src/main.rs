@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod sandbox_bench;
 mod sensors;
 mod simulate;
 
@@ -129,6 +130,10 @@ enum BenchCommand {
     Auction(bench::AuctionBenchArgs),
     /// The cost of reading the sensors at 100 Hz, as a share of one core.
     Sensors(sensors::SensorsBenchArgs),
+    /// Pause and resume latency of a busy agent, over hundreds of cycles.
+    Pause(sandbox_bench::PauseBenchArgs),
+    /// The scientist module unmetered, with epoch interruption and with fuel, in one run.
+    WasmOverhead(sandbox_bench::OverheadBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -162,6 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Auction(a)) => bench::auction(&a),
         Command::Sensors(a) => sensors::sensors(&a),
         Command::Bench(BenchCommand::Sensors(a)) => sensors::bench(&a),
+        Command::Bench(BenchCommand::Pause(a)) => sandbox_bench::pause(&a),
+        Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
     }
 }
 

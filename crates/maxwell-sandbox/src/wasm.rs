@@ -590,10 +590,8 @@ impl WasmAgent {
             self.shared.cv.notify_all();
         }
         let waited = self.wait_for("kill", |is| is == Is::Done);
-        if waited.is_ok() {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
+        if let (Ok(()), Some(t)) = (waited, self.thread.take()) {
+            let _ = t.join();
         }
         // A thread that did not answer (only possible without epochs) is detached; its store
         // stays unreachable and is freed when the guest ends.

@@ -1,6 +1,8 @@
 //! The wasm backend against hostile modules: each is contained and reported, and an honest
 //! agent running beside it is unaffected.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure should panic
+
 use std::time::{Duration, Instant};
 
 use maxwell_core::{Bytes, Tokens};
@@ -62,11 +64,7 @@ fn neighbour_is_fine(mut n: Box<dyn Agent>) {
     n.pause().unwrap();
     assert_eq!(n.status(), Status::Paused);
     assert!(n.usage().unwrap().cpu.0 > 0);
-    assert!(
-        n.drain()
-            .iter()
-            .any(|m| *m == Message::Bid { price: Tokens(7) })
-    );
+    assert!(n.drain().contains(&Message::Bid { price: Tokens(7) }));
     let exit = n.kill("test over");
     assert_eq!(exit.reason, ExitReason::Killed);
 }

@@ -1,0 +1,685 @@
+//! Hostile agents under the process backend. Needs root and cgroups: without them each test
+//! prints a skip line and returns, unless `MAXWELL_REQUIRE_ROOT_TESTS=1`, when it fails.
+//!
+//! The protocol-level hostiles are this test binary itself, run inside the sandbox as the
+//! ignored `helper_*` tests (they do nothing unless `MAXWELL_SOCKET` is set). After every test
+//! no process of the test may be alive and no cgroup directory may be left.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use maxwell_core::{Bytes, Tokens};
+use maxwell_sandbox::process::{ProcessAgent, ProcessConfig, ProcessSandbox};
+use maxwell_sandbox::{
+    Agent, AgentSpec, ExitReason, Limits, Message, Program, Sandbox, SandboxError, Status,
+};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn required() -> bool {
+    std::env::var("MAXWELL_REQUIRE_ROOT_TESTS").as_deref() == Ok("1")
+}
+
+/// The sandbox, or `None` (with a skip line) where the backend cannot run.
+fn sandbox_with(config: ProcessConfig) -> Option<(MutexGuard<'static, ()>, ProcessSandbox)> {
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match ProcessSandbox::with_config(config) {
+        Ok(s) => Some((guard, s)),
+        Err(e) if !required() => {
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: the process backend is unavailable here: {e}"
+            );
+            None
+        }
+        Err(e) => {
+            panic!("MAXWELL_REQUIRE_ROOT_TESTS=1 but the process backend is unavailable: {e}")
+        }
+    }
+}
+
+fn sandbox() -> Option<(MutexGuard<'static, ()>, ProcessSandbox)> {
+    sandbox_with(ProcessConfig::default())
+}
+
+fn sh(name: &str, script: &str) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        program: Program::Native {
+            path: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        },
+        limits: Limits::default(),
+    }
+}
+
+fn helper(name: &str, which: &str) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        program: Program::Native {
+            path: std::env::current_exe().unwrap(),
+            args: vec![
+                which.into(),
+                "--exact".into(),
+                "--ignored".into(),
+                "--test-threads=1".into(),
+            ],
+        },
+        limits: Limits::default(),
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead: it only waits for its parent (init, for orphans) to reap it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Remembers every process and cgroup of the test's agents, to check that none is left.
+#[derive(Default)]
+struct Leaks {
+    pids: BTreeSet<i32>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Leaks {
+    fn watch(&mut self, a: &ProcessAgent) {
+        self.pids.insert(a.pid() as i32);
+        self.pids.extend(a.pids());
+        self.dirs.extend(a.cgroups().iter().cloned());
+    }
+
+    fn parents(&mut self, s: &ProcessSandbox) {
+        self.dirs.extend(s.parent_cgroups());
+    }
+
+    /// Call once every agent and the sandbox are dropped.
+    fn check(&self) {
+        for &pid in &self.pids {
+            assert!(!alive(pid), "process {pid} of the test is still alive");
+        }
+        for d in &self.dirs {
+            assert!(!d.exists(), "cgroup {} was left behind", d.display());
+        }
+        assert!(!self.dirs.is_empty());
+    }
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+/// Drains until `until` matches a message (or times out), returning everything drained.
+fn drain_until(
+    a: &mut ProcessAgent,
+    timeout: Duration,
+    until: impl Fn(&Message) -> bool,
+) -> Vec<Message> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = a.drain();
+        let done = got.iter().any(&until);
+        all.extend(got);
+        if done || Instant::now() > deadline {
+            return all;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const LOOP: &str = "while :; do :; done";
+
+#[test]
+fn an_infinite_loop_is_frozen_and_its_cpu_stops() {
+    let Some((_g, s)) = sandbox() else { return };
+    eprintln!("process backend: {}", s.describe());
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut a = s.spawn_process(&sh("loop", LOOP)).unwrap();
+    leaks.watch(&a);
+    assert_eq!(a.status(), Status::Paused);
+    // Frozen from the start: not a microsecond of the program runs before resume.
+    thread::sleep(Duration::from_millis(100));
+    a.usage().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert!(a.usage().unwrap().cpu.0 < 2_000_000);
+
+    a.resume().unwrap();
+    assert_eq!(a.status(), Status::Running);
+    thread::sleep(Duration::from_millis(300));
+    a.pause().unwrap();
+    leaks.watch(&a);
+    let ran = a.usage().unwrap();
+    assert!(ran.cpu.0 > 50_000_000, "it ran: {ran:?}");
+    assert!(ran.resident.0 > 0);
+    thread::sleep(Duration::from_millis(300));
+    let frozen = a.usage().unwrap();
+    assert!(
+        frozen.cpu.0 < 2_000_000,
+        "CPU advanced while paused: {frozen:?}"
+    );
+    assert_eq!(a.status(), Status::Paused);
+
+    // Freeze and thaw latency, while the loop is hot.
+    let (mut freeze, mut thaw) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        a.resume().unwrap();
+        thaw.push(t.elapsed());
+        thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        a.pause().unwrap();
+        freeze.push(t.elapsed());
+    }
+    freeze.sort();
+    thaw.sort();
+    eprintln!(
+        "freeze: median {:?}, p90 {:?}, max {:?}; thaw: median {:?}, p90 {:?}, max {:?}",
+        freeze[25], freeze[45], freeze[49], thaw[25], thaw[45], thaw[49]
+    );
+
+    let exit = a.kill("the test is over");
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(exit.detail.contains("the test is over"), "{exit:?}");
+    assert_eq!(a.status(), Status::Exited(exit.clone()));
+    assert!(a.resume().is_err());
+    // The last quantum's CPU once, then nothing.
+    assert_eq!(a.usage().unwrap().resident, Bytes(0));
+    assert!(matches!(a.usage(), Err(SandboxError::Exited { .. })));
+    drop(a);
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn v1_controllers_freeze_meter_and_kill_too() {
+    let Some((_g, s)) = sandbox_with(ProcessConfig {
+        prefer_v1: true,
+        inherit_stderr: false,
+    }) else {
+        return;
+    };
+    eprintln!("process backend (v1 preferred): {}", s.describe());
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut a = s.spawn_process(&sh("loop-v1", LOOP)).unwrap();
+    // A child that ignores SIGTERM: the kill must still get it.
+    let mut b = s
+        .spawn_process(&sh(
+            "stubborn-v1",
+            "trap '' TERM; sleep 1000 & while :; do :; done",
+        ))
+        .unwrap();
+    leaks.watch(&a);
+    a.resume().unwrap();
+    b.resume().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    a.pause().unwrap();
+    b.pause().unwrap();
+    leaks.watch(&a);
+    leaks.watch(&b);
+    assert!(a.usage().unwrap().cpu.0 > 50_000_000);
+    thread::sleep(Duration::from_millis(200));
+    assert!(a.usage().unwrap().cpu.0 < 2_000_000);
+    assert_eq!(a.kill("done").reason, ExitReason::Killed);
+    let e = b.kill("done");
+    assert!(e.detail.contains("SIGKILL after the grace period"), "{e:?}");
+    drop((a, b));
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn a_memory_bomb_is_capped_killed_and_reported_while_a_neighbour_runs_on() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut bomb = sh("bomb", "x=aaaaaaaaaaaaaaaa; while :; do x=\"$x$x\"; done");
+    bomb.limits.memory_max = Bytes(32 << 20);
+    let mut bomb = s.spawn_process(&bomb).unwrap();
+    let mut neighbour = s.spawn_process(&sh("neighbour", LOOP)).unwrap();
+    leaks.watch(&bomb);
+    leaks.watch(&neighbour);
+    neighbour.resume().unwrap();
+    bomb.resume().unwrap();
+    leaks.watch(&bomb);
+    assert!(wait_until(Duration::from_secs(10), || matches!(
+        bomb.status(),
+        Status::Exited(_)
+    )));
+    let Status::Exited(exit) = bomb.status() else {
+        unreachable!()
+    };
+    assert_eq!(exit.reason, ExitReason::MemoryLimit, "{exit:?}");
+    assert!(exit.detail.contains(&(32u64 << 20).to_string()), "{exit:?}");
+    assert_eq!(neighbour.status(), Status::Running);
+    neighbour.usage().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert!(neighbour.usage().unwrap().cpu.0 > 10_000_000);
+    neighbour.kill("done");
+    drop((bomb, neighbour));
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn a_fork_bomb_hits_pids_max() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut spec = sh("forkbomb", "while :; do sleep 1000 & done");
+    spec.limits.pids_max = 16;
+    let mut bomb = s.spawn_process(&spec).unwrap();
+    let mut neighbour = s
+        .spawn_process(&sh("neighbour2", "while :; do sleep 0.01; done"))
+        .unwrap();
+    leaks.watch(&bomb);
+    neighbour.resume().unwrap();
+    bomb.resume().unwrap();
+    let mut most = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        let pids = bomb.pids();
+        most = most.max(pids.len());
+        leaks.pids.extend(pids);
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(most <= 16, "{most} processes under pids.max 16");
+    assert!(most >= 8, "the bomb did fork: {most}");
+    let pids_dir = bomb
+        .cgroups()
+        .iter()
+        .find(|d| d.join("pids.max").exists())
+        .unwrap()
+        .clone();
+    let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap_or_default();
+    eprintln!(
+        "fork bomb: at most {most} processes; pids.events: {}",
+        events.trim()
+    );
+    // Whether dash gave up on "Cannot fork" or is still trying, everything goes.
+    let exit = bomb.kill("fork bomb");
+    assert!(
+        matches!(exit.reason, ExitReason::Killed | ExitReason::Finished),
+        "{exit:?}"
+    );
+    assert_eq!(neighbour.status(), Status::Running);
+    // The host can still start processes.
+    let mut after = s.spawn_process(&sh("after-bomb", "exit 0")).unwrap();
+    after.resume().unwrap();
+    leaks.watch(&after);
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        after.status(),
+        Status::Exited(_)
+    )));
+    drop((bomb, neighbour, after));
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn crashes_and_exits_are_reported() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut crash = s.spawn_process(&sh("crash", "kill -SEGV $$")).unwrap();
+    let mut three = s.spawn_process(&sh("three", "exit 3")).unwrap();
+    leaks.watch(&crash);
+    leaks.watch(&three);
+    crash.resume().unwrap();
+    three.resume().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        crash.status(),
+        Status::Exited(_)
+    )));
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        three.status(),
+        Status::Exited(_)
+    )));
+    let Status::Exited(e) = crash.status() else {
+        unreachable!()
+    };
+    assert_eq!(e.reason, ExitReason::Crashed);
+    assert!(e.detail.contains("SIGSEGV"), "{e:?}");
+    let Status::Exited(e) = three.status() else {
+        unreachable!()
+    };
+    assert_eq!(e.reason, ExitReason::Finished);
+    assert_eq!(e.detail, "exited with code 3");
+    // Killing the dead returns how it died.
+    assert_eq!(three.kill("late").reason, ExitReason::Finished);
+    drop((crash, three));
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn bad_specs_are_refused_and_nothing_is_left() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let wasm = AgentSpec {
+        name: "w".into(),
+        program: Program::Wasm { module: Vec::new() },
+        limits: Limits::default(),
+    };
+    let e = s.spawn(&wasm).err().unwrap();
+    assert!(e.to_string().contains("wasm backend"), "{e}");
+    assert!(s.spawn(&sh("../evil", "true")).is_err());
+    let missing = AgentSpec {
+        name: "missing".into(),
+        program: Program::Native {
+            path: "/nonexistent/agent".into(),
+            args: Vec::new(),
+        },
+        limits: Limits::default(),
+    };
+    assert!(matches!(
+        s.spawn(&missing),
+        Err(SandboxError::InvalidSpec(_))
+    ));
+    let a = s.spawn_process(&sh("twin", LOOP)).unwrap();
+    leaks.watch(&a);
+    let e = s.spawn(&sh("twin", LOOP)).err().unwrap();
+    assert!(e.to_string().contains("unique"), "{e}");
+    drop(a);
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn without_root_the_backend_refuses_and_says_why() {
+    let Some((_g, s)) = sandbox() else { return };
+    drop(s);
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP (part): no setpriv to run as another user");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["helper_unprivileged", "--exact", "--ignored", "--nocapture"])
+        .env("MAXWELL_HELPER_UNPRIVILEGED", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !text.contains("refused")
+        && (err.contains("Permission denied") || err.contains("cannot execute"))
+    {
+        eprintln!("SKIP (part): user 65534 cannot run this test binary: {err}");
+        return;
+    }
+    assert!(
+        text.contains("needs root to create cgroups (running as uid 65534); use the wasm backend"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+use std::process::Command;
+
+#[test]
+#[ignore = "helper: run as an unprivileged user by without_root_the_backend_refuses_and_says_why"]
+fn helper_unprivileged() {
+    if std::env::var_os("MAXWELL_HELPER_UNPRIVILEGED").is_none() {
+        return;
+    }
+    let e = ProcessSandbox::new().err().unwrap();
+    assert!(matches!(e, SandboxError::Unavailable(_)));
+    println!("refused: {e}");
+}
+
+// ---- protocol hostiles ----------------------------------------------------------------------
+
+fn helper_socket() -> Option<UnixStream> {
+    let path = std::env::var_os("MAXWELL_SOCKET")?;
+    Some(UnixStream::connect(path).unwrap())
+}
+
+fn line(s: &mut UnixStream, text: &[u8]) -> String {
+    s.write_all(text).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    out
+}
+
+fn idle_forever() -> ! {
+    loop {
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+#[ignore = "helper: runs inside the sandbox"]
+fn helper_garbage() {
+    let Some(mut s) = helper_socket() else { return };
+    line(&mut s, b"this is not json\n");
+    line(&mut s, b"{\"v\":7,\"op\":\"bid\",\"price\":1}\n");
+    line(&mut s, b"{\"v\":1,\"op\":\"teleport\"}\n");
+    // Still connected: a good request works.
+    assert!(line(&mut s, b"{\"v\":1,\"op\":\"bid\",\"price\":42}\n").contains("ok"));
+    idle_forever();
+}
+
+#[test]
+#[ignore = "helper: runs inside the sandbox"]
+fn helper_oversized() {
+    let Some(mut s) = helper_socket() else { return };
+    let _ = s.write_all(&vec![b'x'; 64 * 1024]);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    // Closed; a new connection is served.
+    let mut s = helper_socket().unwrap();
+    line(&mut s, b"{\"v\":1,\"op\":\"bid\",\"price\":7}\n");
+    idle_forever();
+}
+
+#[test]
+#[ignore = "helper: runs inside the sandbox"]
+fn helper_unterminated() {
+    let Some(mut s) = helper_socket() else { return };
+    s.write_all(b"{\"v\":1,\"op\":\"bid\",\"price\":").unwrap();
+    idle_forever();
+}
+
+#[test]
+#[ignore = "helper: runs inside the sandbox"]
+fn helper_flood() {
+    let Some(mut s) = helper_socket() else { return };
+    const N: u64 = 100_000;
+    let reader = s.try_clone().unwrap();
+    let counter = thread::spawn(move || {
+        let mut r = BufReader::new(reader);
+        let mut l = String::new();
+        for _ in 0..N {
+            l.clear();
+            r.read_line(&mut l).unwrap();
+        }
+    });
+    let mut batch = Vec::new();
+    for price in 1..=N {
+        batch.extend_from_slice(
+            format!("{{\"v\":1,\"op\":\"bid\",\"price\":{price}}}\n").as_bytes(),
+        );
+        if batch.len() > 60_000 {
+            s.write_all(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    s.write_all(&batch).unwrap();
+    counter.join().unwrap();
+    line(&mut s, b"{\"v\":1,\"op\":\"log\",\"msg\":\"flood done\"}\n");
+    idle_forever();
+}
+
+#[test]
+fn garbage_and_unknown_versions_are_refused_and_reported() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut a = s
+        .spawn_process(&helper("garbage", "helper_garbage"))
+        .unwrap();
+    leaks.watch(&a);
+    a.resume().unwrap();
+    let got = drain_until(&mut a, Duration::from_secs(10), |m| {
+        matches!(m, Message::Bid { .. })
+    });
+    let violations: Vec<&String> = got
+        .iter()
+        .filter_map(|m| match m {
+            Message::Violation(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(violations.len(), 3, "{got:?}");
+    assert!(violations[0].contains("malformed request"));
+    assert!(violations[1].contains("unsupported protocol version 7; this host speaks 1"));
+    assert!(violations[2].contains("malformed request"));
+    assert_eq!(got.last(), Some(&Message::Bid { price: Tokens(42) }));
+    assert_eq!(a.status(), Status::Running);
+    leaks.watch(&a);
+    drop(a);
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn an_oversized_line_is_cut_off_and_the_agent_may_reconnect() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut a = s
+        .spawn_process(&helper("oversized", "helper_oversized"))
+        .unwrap();
+    leaks.watch(&a);
+    a.resume().unwrap();
+    let got = drain_until(&mut a, Duration::from_secs(10), |m| {
+        matches!(m, Message::Bid { .. })
+    });
+    assert!(
+        matches!(&got[0], Message::Violation(v) if v.contains("longer than 4096 bytes; connection closed")),
+        "{got:?}"
+    );
+    assert_eq!(got.last(), Some(&Message::Bid { price: Tokens(7) }));
+    drop(a);
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn a_client_that_never_ends_its_line_blocks_nothing() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut stuck = s
+        .spawn_process(&helper("stuck", "helper_unterminated"))
+        .unwrap();
+    let mut other = s.spawn_process(&helper("other", "helper_garbage")).unwrap();
+    leaks.watch(&stuck);
+    leaks.watch(&other);
+    stuck.resume().unwrap();
+    other.resume().unwrap();
+    let got = drain_until(&mut other, Duration::from_secs(10), |m| {
+        matches!(m, Message::Bid { .. })
+    });
+    assert_eq!(got.last(), Some(&Message::Bid { price: Tokens(42) }));
+    assert!(stuck.drain().is_empty());
+    stuck.pause().unwrap();
+    stuck.resume().unwrap();
+    leaks.watch(&stuck);
+    let t = Instant::now();
+    let exit = stuck.kill("stuck");
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "kill took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(other.status(), Status::Running);
+    drop((stuck, other));
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn a_flood_of_bids_keeps_only_the_last() {
+    let Some((_g, s)) = sandbox() else { return };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let mut a = s.spawn_process(&helper("flood", "helper_flood")).unwrap();
+    leaks.watch(&a);
+    a.resume().unwrap();
+    let mut drains = 0;
+    let mut bids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = a.drain();
+        drains += 1;
+        bids.extend(
+            got.iter()
+                .filter(|m| matches!(m, Message::Bid { .. }))
+                .cloned(),
+        );
+        if got.iter().any(|m| *m == Message::Log("flood done".into())) || Instant::now() > deadline
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        bids.len() <= drains,
+        "{} bids in {drains} drains",
+        bids.len()
+    );
+    assert_eq!(
+        bids.last(),
+        Some(&Message::Bid {
+            price: Tokens(100_000)
+        })
+    );
+    assert_eq!(a.status(), Status::Running);
+    drop(a);
+    drop(s);
+    leaks.check();
+}
+
+#[test]
+fn parents_are_under_the_daemons_own_cgroups() {
+    let Some((_g, s)) = sandbox() else { return };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for p in s.parent_cgroups() {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("maxwell-{}", std::process::id()));
+        assert!(p.is_dir());
+        assert!(Path::new(&p).starts_with("/"));
+    }
+    assert!(!own.is_empty());
+    let parents = s.parent_cgroups();
+    drop(s);
+    for p in parents {
+        assert!(!p.exists(), "{}", p.display());
+    }
+}
