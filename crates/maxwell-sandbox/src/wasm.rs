@@ -582,7 +582,7 @@ impl WasmAgent {
         Ok(())
     }
 
-    fn stop(&mut self) -> Exit {
+    fn stop(&mut self, reason: &str) -> Exit {
         self.shared.want.store(WANT_STOP, Ordering::Release);
         self.engine.increment_epoch();
         {
@@ -593,11 +593,18 @@ impl WasmAgent {
         if let (Ok(()), Some(t)) = (waited, self.thread.take()) {
             let _ = t.join();
         }
+        {
+            // The host's reason replaces the thread's generic one.
+            let mut g = self.shared.lock();
+            if let Some(exit) = g.1.as_mut().filter(|e| e.reason == ExitReason::Killed) {
+                exit.detail = format!("killed: {reason}");
+            }
+        }
         // A thread that did not answer (only possible without epochs) is detached; its store
         // stays unreachable and is freed when the guest ends.
         self.exited().unwrap_or(Exit {
             reason: ExitReason::Killed,
-            detail: "killed; the guest did not stop within 2 s".into(),
+            detail: format!("killed: {reason}; the guest did not stop within 2 s"),
         })
     }
 }
@@ -633,14 +640,14 @@ impl Agent for WasmAgent {
         self.wait_for("pause", |is| is != Is::Running)
     }
 
-    fn kill(&mut self, _reason: &str) -> Exit {
+    fn kill(&mut self, reason: &str) -> Exit {
         if let Some(exit) = self.exited() {
             if let Some(t) = self.thread.take() {
                 let _ = t.join();
             }
             return exit;
         }
-        self.stop()
+        self.stop(reason)
     }
 
     fn usage(&mut self) -> Result<Usage, SandboxError> {
@@ -679,7 +686,7 @@ impl Agent for WasmAgent {
 impl Drop for WasmAgent {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.stop();
+            self.stop("the agent handle was dropped");
         }
     }
 }
