@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod ledger;
 mod sandbox_bench;
 mod sensors;
 mod simulate;
@@ -75,6 +76,9 @@ enum Command {
     /// Work with single auctions.
     #[command(subcommand)]
     Auction(AuctionCommand),
+    /// Inspect and verify the durable ledger.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
     /// Measure performance against baselines in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -134,6 +138,8 @@ enum BenchCommand {
     Pause(sandbox_bench::PauseBenchArgs),
     /// The scientist module unmetered, with epoch interruption and with fuel, in one run.
     WasmOverhead(sandbox_bench::OverheadBenchArgs),
+    /// Durable ledger throughput: transfers per second committed in tick transactions.
+    Ledger(ledger::LedgerBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -169,6 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Sensors(a)) => sensors::bench(&a),
         Command::Bench(BenchCommand::Pause(a)) => sandbox_bench::pause(&a),
         Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
+        Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
+        Command::Ledger(c) => ledger::run(&c),
     }
 }
 
