@@ -9,7 +9,6 @@ mod common;
 use std::hint::black_box;
 
 use common::{Flow, Host, tuning};
-use maxwell_core::Tokens;
 
 fn mix(mut h: u64) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -32,15 +31,8 @@ fn main() {
         }
         h = block.iter().fold(h, |acc, w| mix(acc ^ w));
         drop(black_box(block));
-        match host.call(|c| c.balance()) {
-            Flow::Done(balance) => {
-                let bid = Tokens((balance.0 / 100).saturating_mul(share));
-                if let Flow::Closed = host.call(|c| c.bid(bid)) {
-                    return;
-                }
-            }
-            Flow::Skipped => {}
-            Flow::Closed => return,
+        if !host.bid_share(share) {
+            return;
         }
         if round % 64 == 0
             && let Flow::Closed = host.call(|c| c.log(&format!("leech: hash {h:016x}")))

@@ -11,7 +11,6 @@ use std::thread;
 use std::time::Duration;
 
 use common::{Flow, Host, tuning};
-use maxwell_core::Tokens;
 use maxwell_core::work::{MAX_CLAIM_SPAN, PrimeClaim};
 
 fn main() {
@@ -40,15 +39,8 @@ fn main() {
         if let Flow::Closed = host.call(|c| c.claim(claim)) {
             return;
         }
-        match host.call(|c| c.balance()) {
-            Flow::Done(balance) => {
-                let bid = Tokens((balance.0 / 100).saturating_mul(share));
-                if let Flow::Closed = host.call(|c| c.bid(bid)) {
-                    return;
-                }
-            }
-            Flow::Skipped => {}
-            Flow::Closed => return,
+        if !host.bid_share(share) {
+            return;
         }
         k += 1;
         thread::sleep(nap);

@@ -82,21 +82,25 @@ pub struct Msr {
 impl Msr {
     /// Opens `root/dev/cpu/0/msr` and reads the energy unit.
     pub fn open(root: &Path) -> Result<Msr, SensorReadError> {
-        let vendor = vendor(root)?;
-        let path = root.join("dev/cpu/0/msr");
+        let mut msr = Msr::open_device(root.join("dev/cpu/0/msr"), vendor(root)?)?;
+        msr.read_delta()?;
+        Ok(msr)
+    }
+
+    /// Opens one CPU's device and reads its energy unit.
+    fn open_device(path: PathBuf, vendor: Vendor) -> Result<Msr, SensorReadError> {
         let file = File::open(&path).map_err(|e| classify(&path, &e, MSR_HINT))?;
         let mut msr = Msr {
             path,
             file,
             vendor,
             energy_unit_exp: 0,
-            // The register's low 32 bits count modulo 2^32.
+            // The registers' low 32 bits count modulo 2^32.
             counter: RaplCounter::new(1 << 32),
         };
         let units = msr.read(vendor.registers().units)?;
         // Bits 12:8: energy status units, 1 / 2^ESU joules.
         msr.energy_unit_exp = ((units >> 8) & 0x1f) as u32;
-        msr.read_delta()?;
         Ok(msr)
     }
 
@@ -176,15 +180,7 @@ impl AmdCoreEnergy {
         numbered.sort();
         let mut cpus = Vec::with_capacity(numbered.len());
         for (_, path) in numbered {
-            let file = File::open(&path).map_err(|e| classify(&path, &e, MSR_HINT))?;
-            let mut msr = Msr {
-                path,
-                file,
-                vendor,
-                energy_unit_exp: 0,
-                counter: RaplCounter::new(1 << 32),
-            };
-            msr.energy_unit_exp = ((msr.read(vendor.registers().units)? >> 8) & 0x1f) as u32;
+            let mut msr = Msr::open_device(path, vendor)?;
             msr.read_register_delta(0xC001_029A)?;
             cpus.push(msr);
         }

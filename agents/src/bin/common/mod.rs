@@ -5,6 +5,7 @@ use std::thread;
 use std::time::Duration;
 
 use maxwell_agent::{Client, ClientError};
+use maxwell_core::Tokens;
 
 /// How often to try reconnecting before deciding the host is gone.
 const RECONNECT_ATTEMPTS: u32 = 50;
@@ -63,6 +64,19 @@ impl Host {
                 Flow::Skipped
             }
             Err(_) => Flow::Skipped,
+        }
+    }
+
+    /// Bids `share` percent of the balance. False when the host has closed the connection.
+    #[allow(dead_code)] // each bin compiles this module; the squatter bids a fixed price
+    pub fn bid_share(&mut self, share: u64) -> bool {
+        match self.call(|c| c.balance()) {
+            Flow::Done(balance) => {
+                let bid = Tokens((balance.0 / 100).saturating_mul(share));
+                !matches!(self.call(|c| c.bid(bid)), Flow::Closed)
+            }
+            Flow::Skipped => true,
+            Flow::Closed => false,
         }
     }
 }
