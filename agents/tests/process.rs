@@ -4,36 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use maxwell_core::Tokens;
 use maxwell_core::work::{PrimeClaim, sieve, verify};
-use maxwell_sandbox::process::{ProcessAgent, ProcessSandbox};
+use maxwell_sandbox::process::testing::{Leaks, sandbox_or_skip};
+use maxwell_sandbox::process::{ProcessConfig, ProcessSandbox};
 use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Limits, Message, Program, Status};
 
-static LOCK: Mutex<()> = Mutex::new(());
-
 fn sandbox() -> Option<(MutexGuard<'static, ()>, ProcessSandbox)> {
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match ProcessSandbox::new() {
-        Ok(s) => Some((guard, s)),
-        Err(e) if std::env::var("MAXWELL_REQUIRE_ROOT_TESTS").as_deref() != Ok("1") => {
-            // Straight to stderr, past the test harness's capture, so the skip is seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: the process backend is unavailable here: {e}"
-            );
-            None
-        }
-        Err(e) => {
-            panic!("MAXWELL_REQUIRE_ROOT_TESTS=1 but the process backend is unavailable: {e}")
-        }
-    }
+    sandbox_or_skip(ProcessConfig::default())
 }
 
 fn spec(name: &str, exe: &str, args: &[&str]) -> AgentSpec {
@@ -44,38 +26,6 @@ fn spec(name: &str, exe: &str, args: &[&str]) -> AgentSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
         },
         limits: Limits::default(),
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-#[derive(Default)]
-struct Leaks {
-    pids: BTreeSet<i32>,
-    dirs: BTreeSet<PathBuf>,
-}
-
-impl Leaks {
-    fn watch(&mut self, a: &ProcessAgent) {
-        self.pids.insert(a.pid() as i32);
-        self.pids.extend(a.pids());
-        self.dirs.extend(a.cgroups().iter().cloned());
-    }
-
-    fn check(&self) {
-        for &pid in &self.pids {
-            assert!(!alive(pid), "process {pid} of the test is still alive");
-        }
-        for d in &self.dirs {
-            assert!(!d.exists(), "cgroup {} was left behind", d.display());
-        }
     }
 }
 

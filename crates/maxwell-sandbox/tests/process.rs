@@ -7,47 +7,26 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use maxwell_core::{Bytes, Tokens};
+use maxwell_sandbox::process::testing::{Leaks, sandbox_or_skip};
 use maxwell_sandbox::process::{ProcessAgent, ProcessConfig, ProcessSandbox};
 use maxwell_sandbox::{
     Agent, AgentSpec, ExitReason, Limits, Message, Program, Sandbox, SandboxError, Status,
 };
 
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn required() -> bool {
-    std::env::var("MAXWELL_REQUIRE_ROOT_TESTS").as_deref() == Ok("1")
-}
-
-/// The sandbox, or `None` (with a skip line) where the backend cannot run.
 fn sandbox_with(config: ProcessConfig) -> Option<(MutexGuard<'static, ()>, ProcessSandbox)> {
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    match ProcessSandbox::with_config(config) {
-        Ok(s) => Some((guard, s)),
-        Err(e) if !required() => {
-            // Straight to stderr, past the test harness's capture, so the skip is seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: the process backend is unavailable here: {e}"
-            );
-            None
-        }
-        Err(e) => {
-            panic!("MAXWELL_REQUIRE_ROOT_TESTS=1 but the process backend is unavailable: {e}")
-        }
-    }
+    sandbox_or_skip(config)
 }
 
 fn sandbox() -> Option<(MutexGuard<'static, ()>, ProcessSandbox)> {
-    sandbox_with(ProcessConfig::default())
+    sandbox_or_skip(ProcessConfig::default())
 }
 
 fn sh(name: &str, script: &str) -> AgentSpec {
@@ -74,46 +53,6 @@ fn helper(name: &str, which: &str) -> AgentSpec {
             ],
         },
         limits: Limits::default(),
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead: it only waits for its parent (init, for orphans) to reap it.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Remembers every process and cgroup of the test's agents, to check that none is left.
-#[derive(Default)]
-struct Leaks {
-    pids: BTreeSet<i32>,
-    dirs: BTreeSet<PathBuf>,
-}
-
-impl Leaks {
-    fn watch(&mut self, a: &ProcessAgent) {
-        self.pids.insert(a.pid() as i32);
-        self.pids.extend(a.pids());
-        self.dirs.extend(a.cgroups().iter().cloned());
-    }
-
-    fn parents(&mut self, s: &ProcessSandbox) {
-        self.dirs.extend(s.parent_cgroups());
-    }
-
-    /// Call once every agent and the sandbox are dropped.
-    fn check(&self) {
-        for &pid in &self.pids {
-            assert!(!alive(pid), "process {pid} of the test is still alive");
-        }
-        for d in &self.dirs {
-            assert!(!d.exists(), "cgroup {} was left behind", d.display());
-        }
-        assert!(!self.dirs.is_empty());
     }
 }
 

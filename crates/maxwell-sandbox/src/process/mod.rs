@@ -50,6 +50,7 @@ use crate::{
 };
 
 mod cgroup;
+pub mod testing;
 mod wire;
 
 use cgroup::{AgentCgroups, Plan, V2Caps, Via};
