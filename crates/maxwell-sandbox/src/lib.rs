@@ -95,6 +95,10 @@ pub enum Message {
     Log(String),
     /// It broke the protocol or the ABI; the daemon decides (usually apoptosis).
     Violation(String),
+    /// This many claims and logs were dropped because more than [`MAX_PENDING`] waited. Not a
+    /// violation: an agent that works faster than the daemon drains (a stalled tick) loses the
+    /// excess, nothing more.
+    Dropped(u64),
 }
 
 /// What an agent used since the last [`Agent::usage`].
@@ -250,7 +254,7 @@ struct Pending {
 
 /// Where an agent's words wait for the daemon. Bounded: the latest bid replaces the previous
 /// one (a flood of bids costs nothing), and claims and logs beyond [`MAX_PENDING`] are dropped
-/// and reported once per drain as a [`Message::Violation`].
+/// and counted once per drain in a [`Message::Dropped`].
 #[derive(Debug, Default)]
 pub struct Mailbox {
     pending: Mutex<Pending>,
@@ -287,10 +291,7 @@ impl Mailbox {
         };
         let mut out: Vec<Message> = p.queue.drain(..).collect();
         if p.dropped > p.reported_drops {
-            out.push(Message::Violation(format!(
-                "{} messages dropped: more than {MAX_PENDING} claims and logs pending",
-                p.dropped - p.reported_drops
-            )));
+            out.push(Message::Dropped(p.dropped - p.reported_drops));
             p.reported_drops = p.dropped;
         }
         out.extend(p.bid.take());
@@ -354,7 +355,7 @@ mod tests {
         }
         let out = m.drain();
         assert_eq!(out.len(), MAX_PENDING + 1);
-        assert!(matches!(&out[MAX_PENDING], Message::Violation(s) if s.starts_with("10 ")));
+        assert_eq!(out[MAX_PENDING], Message::Dropped(10));
         assert!(m.drain().is_empty());
     }
 

@@ -1,0 +1,405 @@
+//! # maxwell-node: the driver around the pure market
+//!
+//! One [`Node`] owns a [`Market`], the machine's [`Physics`], a [`Sandbox`] with its agents, and
+//! optionally a durable [`Ledger`]. Each [`Node::tick`]:
+//!
+//! 1. samples physics for the quantum that ended (energy, temperature; modelled where the
+//!    hardware hides them);
+//! 2. collects each agent's usage and words: bids become commands, claims become market claims
+//!    (a claim overlapping a range already claimed is refused: duplicate work is not useful
+//!    work), violations and exits become `Kill` commands;
+//! 3. runs `Market::tick`;
+//! 4. commits the tick's batch to the ledger (before acting on it: a crash never acts on a tick
+//!    that is not durable);
+//! 5. audits the claims the market drew by recomputation, for the next tick's verdicts;
+//! 6. kills the dead, freezes the dying and the losers, resumes the winners, and tells every
+//!    agent its balance and the price.
+//!
+//! The node reads no clock itself: the caller passes `now` (the daemon and the experiment use a
+//! monotonic clock; tests may pass anything monotone).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use maxwell_core::work::{PrimeClaim, verify};
+use maxwell_core::{
+    AgentId, Cause, Claim, ClaimId, Command, Life, Market, MarketConfig, MicroJoules, MilliCelsius,
+    MilliWatts, Nanos, TickInput, Tokens, Verdict,
+};
+use maxwell_ledger::Ledger;
+use maxwell_physics::Physics;
+use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Message, Sandbox, SandboxError, Status};
+
+/// Node failures.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The market configuration is invalid.
+    #[error("market configuration: {0}")]
+    Config(#[from] maxwell_core::market::MarketConfigError),
+    /// A sandbox refused.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The ledger refused a batch or failed.
+    #[error(transparent)]
+    Ledger(#[from] maxwell_ledger::LedgerError),
+    /// An agent name is taken.
+    #[error("an agent named {0:?} already exists; names must be unique")]
+    DuplicateName(String),
+}
+
+struct Slot {
+    name: String,
+    agent: Box<dyn Agent>,
+    running: bool,
+    killed: bool,
+    exit_reported: bool,
+}
+
+/// A death, as the node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeathReport {
+    /// The market's id.
+    pub agent: AgentId,
+    /// The agent's name.
+    pub name: String,
+    /// Why, in words.
+    pub cause: String,
+    /// The tick it died.
+    pub tick: u64,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TickReport {
+    /// The tick number.
+    pub tick: u64,
+    /// Slots sold.
+    pub supply: u32,
+    /// Clearing price.
+    pub price: Tokens,
+    /// Who runs in the coming quantum.
+    pub winners: Vec<AgentId>,
+    /// Die temperature.
+    pub temperature: MilliCelsius,
+    /// Power over the quantum that ended.
+    pub power: MilliWatts,
+    /// Whether energy came from the model.
+    pub energy_modelled: bool,
+    /// Agents that died this tick.
+    pub deaths: Vec<DeathReport>,
+    /// Claims that passed and failed their audits this tick.
+    pub audits: (u32, u32),
+    /// Claims refused as duplicates of ranges already claimed.
+    pub duplicate_claims: u32,
+    /// Commands and claims the market refused, with the reason.
+    pub refused: Vec<String>,
+}
+
+/// The tick loop's state.
+pub struct Node {
+    market: Market,
+    physics: Physics,
+    sandbox: Box<dyn Sandbox>,
+    ledger: Option<Ledger>,
+    slots: BTreeMap<AgentId, Slot>,
+    commands: Vec<Command>,
+    verdicts: Vec<Verdict>,
+    pending: BTreeMap<ClaimId, PrimeClaim>,
+    claimed: BTreeMap<u64, u64>,
+    next_claim: u64,
+    last_now: Option<Nanos>,
+    deaths: Vec<DeathReport>,
+}
+
+impl Node {
+    /// A node with no agents. With a ledger, every tick's batch is committed before it is acted
+    /// on.
+    pub fn new(
+        config: MarketConfig,
+        physics: Physics,
+        sandbox: Box<dyn Sandbox>,
+        ledger: Option<Ledger>,
+    ) -> Result<Node, NodeError> {
+        Ok(Node {
+            market: Market::new(config)?,
+            physics,
+            sandbox,
+            ledger,
+            slots: BTreeMap::new(),
+            commands: Vec::new(),
+            verdicts: Vec::new(),
+            pending: BTreeMap::new(),
+            claimed: BTreeMap::new(),
+            next_claim: 0,
+            last_now: None,
+            deaths: Vec::new(),
+        })
+    }
+
+    /// Spawns an agent (paused), funds its wallet with `funds` and places its owner's opening
+    /// bid at the next tick. An agent bids itself only while it runs, so without an opening bid
+    /// it would never run; after its first quantum its own bids replace the opening one.
+    pub fn spawn(
+        &mut self,
+        spec: &AgentSpec,
+        funds: Tokens,
+        max_bid: Tokens,
+        opening_bid: Tokens,
+    ) -> Result<AgentId, NodeError> {
+        if self.slots.values().any(|s| s.name == spec.name) {
+            return Err(NodeError::DuplicateName(spec.name.clone()));
+        }
+        let agent = self.sandbox.spawn(spec)?;
+        let id = self.market.admit(maxwell_core::AgentSpec { max_bid });
+        self.commands.push(Command::Fund {
+            agent: id,
+            amount: funds,
+        });
+        self.commands.push(Command::Bid {
+            agent: id,
+            price: opening_bid,
+        });
+        self.slots.insert(
+            id,
+            Slot {
+                name: spec.name.clone(),
+                agent,
+                running: false,
+                killed: false,
+                exit_reported: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Mints `amount` into the bounty pool at the next tick.
+    pub fn fund_bounty_pool(&mut self, amount: Tokens) {
+        self.commands.push(Command::FundBountyPool { amount });
+    }
+
+    /// Asks for an agent's death (its owner's wish), at the next tick.
+    pub fn kill(&mut self, agent: AgentId) {
+        self.commands.push(Command::Kill {
+            agent,
+            cause: Cause::Owner,
+        });
+    }
+
+    /// The market, for reading state.
+    pub fn market(&self) -> &Market {
+        &self.market
+    }
+
+    /// The physics in use.
+    pub fn physics(&self) -> &Physics {
+        &self.physics
+    }
+
+    /// An agent's name.
+    pub fn name(&self, agent: AgentId) -> Option<&str> {
+        self.slots.get(&agent).map(|s| s.name.as_str())
+    }
+
+    /// Every death so far.
+    pub fn deaths(&self) -> &[DeathReport] {
+        &self.deaths
+    }
+
+    /// The ledger, if any.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.as_ref()
+    }
+
+    /// One tick at time `now` (monotone; the first call only starts the clock's count).
+    pub fn tick(&mut self, now: Nanos) -> Result<TickReport, NodeError> {
+        let dt = Nanos(
+            self.last_now
+                .map_or(self.market.config().quantum.0, |last| {
+                    now.0.saturating_sub(last.0)
+                })
+                .max(1),
+        );
+        self.last_now = Some(now);
+        let reading = self.physics.sample(dt);
+        let idle = MicroJoules(
+            self.physics
+                .model_params()
+                .idle
+                .over(dt)
+                .0
+                .min(reading.energy.0),
+        );
+
+        let mut usage = Vec::new();
+        let mut claims = Vec::new();
+        let mut duplicates = 0u32;
+        for (&id, slot) in &mut self.slots {
+            if slot.killed {
+                continue;
+            }
+            let u = slot.agent.usage().unwrap_or_default();
+            usage.push(maxwell_core::Usage {
+                agent: id,
+                cpu: u.cpu,
+                resident: u.resident,
+                erased: u.erased,
+            });
+            // A dying agent's words no longer trade: it is frozen out of the market.
+            let alive = matches!(self.market.life(id), Some(Life::Alive));
+            for m in slot.agent.drain() {
+                if !alive {
+                    continue;
+                }
+                match m {
+                    Message::Bid { price } => self.commands.push(Command::Bid { agent: id, price }),
+                    Message::CancelBid => self.commands.push(Command::CancelBid { agent: id }),
+                    Message::Claim(c) => {
+                        let overlaps = c.end <= c.start
+                            || self
+                                .claimed
+                                .range(..c.end)
+                                .next_back()
+                                .is_some_and(|(_, &end)| end > c.start);
+                        if overlaps {
+                            duplicates += 1;
+                            continue;
+                        }
+                        // Coalesce with the range it extends, so a sequential scientist's
+                        // claims stay one entry.
+                        match self.claimed.range_mut(..=c.start).next_back() {
+                            Some((_, end)) if *end == c.start => *end = c.end,
+                            _ => {
+                                self.claimed.insert(c.start, c.end);
+                            }
+                        }
+                        self.next_claim += 1;
+                        let cid = ClaimId(self.next_claim);
+                        self.pending.insert(cid, c);
+                        claims.push(Claim {
+                            id: cid,
+                            agent: id,
+                            units: c.count,
+                        });
+                    }
+                    Message::Log(_) | Message::Dropped(_) => {}
+                    Message::Violation(what) => self.commands.push(Command::Kill {
+                        agent: id,
+                        cause: Cause::Limit { what },
+                    }),
+                }
+            }
+            // An agent that ended on its own (trap, memory cap, crash) is reported once.
+            if !slot.exit_reported
+                && let Status::Exited(e) = slot.agent.status()
+                && e.reason != ExitReason::Killed
+            {
+                slot.exit_reported = true;
+                self.commands.push(Command::Kill {
+                    agent: id,
+                    cause: Cause::Limit {
+                        what: format!("{:?}: {}", e.reason, e.detail),
+                    },
+                });
+            }
+        }
+
+        let outcome = self.market.tick(TickInput {
+            now,
+            temperature: reading.temperature,
+            energy: reading.energy,
+            energy_idle: idle,
+            usage,
+            commands: std::mem::take(&mut self.commands),
+            claims,
+            verdicts: std::mem::take(&mut self.verdicts),
+        });
+        // Durable before acted on.
+        if let Some(l) = self.ledger.as_mut() {
+            l.commit(&outcome.batch)?;
+        }
+
+        // Audits are drawn among this tick's claims; the others need no recomputation.
+        let mut audits = (0, 0);
+        for a in &outcome.audits {
+            if let Some(c) = self.pending.remove(&a.claim) {
+                let passed = verify(&c);
+                if passed {
+                    audits.0 += 1;
+                } else {
+                    audits.1 += 1;
+                }
+                self.verdicts.push(Verdict {
+                    claim: a.claim,
+                    passed,
+                });
+            }
+        }
+        self.pending.clear();
+
+        let mut deaths = Vec::new();
+        for &id in &outcome.deaths {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                let cause = match self.market.life(id) {
+                    Some(Life::Dead { cause, .. }) => cause.to_string(),
+                    _ => "dead".into(),
+                };
+                slot.agent.kill(&cause);
+                slot.killed = true;
+                slot.running = false;
+                deaths.push(DeathReport {
+                    agent: id,
+                    name: slot.name.clone(),
+                    cause,
+                    tick: outcome.tick,
+                });
+            }
+        }
+        let price = outcome.clearing.price;
+        for (&id, slot) in &mut self.slots {
+            if slot.killed {
+                continue;
+            }
+            let win = outcome.clearing.winners.contains(&id);
+            if win && !slot.running {
+                slot.running = slot.agent.resume().is_ok();
+            } else if !win && slot.running {
+                slot.running = false;
+                let _ = slot.agent.pause();
+            }
+            slot.agent
+                .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
+        }
+        self.deaths.extend(deaths.iter().cloned());
+        Ok(TickReport {
+            tick: outcome.tick,
+            supply: outcome.offer.supply,
+            price,
+            winners: outcome.clearing.winners,
+            temperature: reading.temperature,
+            power: reading.power,
+            energy_modelled: reading.energy_modelled,
+            deaths,
+            audits,
+            duplicate_claims: duplicates,
+            refused: outcome
+                .refused
+                .iter()
+                .map(|(what, why)| format!("{what}: {why:?}"))
+                .collect(),
+        })
+    }
+
+    /// Freezes every agent (for a clean stop); the ledger already holds every tick.
+    pub fn freeze_all(&mut self) {
+        for slot in self.slots.values_mut() {
+            if slot.running {
+                let _ = slot.agent.pause();
+                slot.running = false;
+            }
+        }
+    }
+}
