@@ -39,6 +39,15 @@ pub fn scientist_bounded(ranges: u64) -> String {
     )
 }
 
+/// The scientist, starting its sieve at `start` (scientists started apart do not duplicate each
+/// other's work; a claim overlapping one already made is refused).
+pub fn scientist_from(start: u64) -> String {
+    SCIENTIST_WAT.replace(
+        "(i64.const 1000000000)) ;; START",
+        &format!("(i64.const {start})) ;; START"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -46,5 +55,7 @@ mod tests {
         let b = super::scientist_bounded(3);
         assert!(b.contains("(i64.const 3)) ;; RANGES"));
         assert_eq!(b.len() + 1, super::SCIENTIST_WAT.len());
+        let f = super::scientist_from(7_000_000_000);
+        assert!(f.contains("(i64.const 7000000000)) ;; START"));
     }
 }

@@ -14,7 +14,7 @@
   (global $W i64 (i64.const 262144))
   ;; How many base primes the table at byte 327680 holds.
   (global $nbase (mut i32) (i32.const 0))
-  (global $START i64 (i64.const 1000000000))
+  (global $START i64 (i64.const 1000000000)) ;; START
   ;; Ranges to sieve before returning: all of them (2^64 - 1) unless a benchmark sets fewer.
   (global $RANGES i64 (i64.const -1)) ;; RANGES
 

@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod experiment;
 mod ledger;
 mod sandbox_bench;
 mod sensors;
@@ -69,6 +70,8 @@ struct Cli {
 enum Command {
     /// Run the Scientist-vs-Leech demo (currently the deterministic simulation).
     Demo(DemoArgs),
+    /// Scientist vs Leech with real WASM agents: plain Linux scheduler, Maxwell, oracle.
+    Experiment(experiment::ExperimentArgs),
     /// Run a scenario in the deterministic simulator and tell its story.
     Simulate(SimulateArgs),
     /// Show which energy and temperature sources this machine has, which is used, and why.
@@ -177,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Ledger(c) => ledger::run(&c),
+        Command::Experiment(a) => experiment::run(&a),
     }
 }
 

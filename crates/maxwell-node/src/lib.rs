@@ -87,6 +87,8 @@ pub struct TickReport {
     pub temperature: MilliCelsius,
     /// Power over the quantum that ended.
     pub power: MilliWatts,
+    /// Energy over the quantum that ended.
+    pub energy: MicroJoules,
     /// Whether energy came from the model.
     pub energy_modelled: bool,
     /// Agents that died this tick.
@@ -97,6 +99,8 @@ pub struct TickReport {
     pub duplicate_claims: u32,
     /// Commands and claims the market refused, with the reason.
     pub refused: Vec<String>,
+    /// Claims accepted this tick (not duplicates), by agent.
+    pub claims: Vec<(AgentId, PrimeClaim)>,
 }
 
 /// The tick loop's state.
@@ -237,6 +241,7 @@ impl Node {
         let mut usage = Vec::new();
         let mut claims = Vec::new();
         let mut duplicates = 0u32;
+        let mut accepted = Vec::new();
         for (&id, slot) in &mut self.slots {
             if slot.killed {
                 continue;
@@ -279,6 +284,7 @@ impl Node {
                         self.next_claim += 1;
                         let cid = ClaimId(self.next_claim);
                         self.pending.insert(cid, c);
+                        accepted.push((id, c));
                         claims.push(Claim {
                             id: cid,
                             agent: id,
@@ -381,6 +387,7 @@ impl Node {
             winners: outcome.clearing.winners,
             temperature: reading.temperature,
             power: reading.power,
+            energy: reading.energy,
             energy_modelled: reading.energy_modelled,
             deaths,
             audits,
@@ -390,6 +397,7 @@ impl Node {
                 .iter()
                 .map(|(what, why)| format!("{what}: {why:?}"))
                 .collect(),
+            claims: accepted,
         })
     }
 
