@@ -108,24 +108,28 @@ fn spec(name: String, wat: String) -> AgentSpec {
     }
 }
 
+/// The agents, leeches first and then alternating: the market breaks ties by age, so this order
+/// gives the leeches every advantage a spawn order can.
 fn roster(scientists: u32, leeches: u32) -> Vec<(bool, AgentSpec)> {
     let mut v = Vec::new();
-    for i in 0..scientists {
-        // Stretches 10^10 apart: no scientist reaches the next one's start in an arm.
-        let start = 1_000_000_000 + u64::from(i) * 10_000_000_000;
-        v.push((
-            true,
-            spec(
-                format!("scientist-{i}"),
-                maxwell_agents::scientist_from(start),
-            ),
-        ));
-    }
-    for i in 0..leeches {
-        v.push((
-            false,
-            spec(format!("leech-{i}"), maxwell_agents::LEECH_WAT.into()),
-        ));
+    for i in 0..scientists.max(leeches) {
+        if i < leeches {
+            v.push((
+                false,
+                spec(format!("leech-{i}"), maxwell_agents::LEECH_WAT.into()),
+            ));
+        }
+        if i < scientists {
+            // Stretches 10^10 apart: no scientist reaches the next one's start in an arm.
+            let start = 1_000_000_000 + u64::from(i) * 10_000_000_000;
+            v.push((
+                true,
+                spec(
+                    format!("scientist-{i}"),
+                    maxwell_agents::scientist_from(start),
+                ),
+            ));
+        }
     }
     v
 }
@@ -264,13 +268,7 @@ fn maxwell(
     json: bool,
 ) -> anyhow::Result<(Arm, u32)> {
     let ledger = maxwell_ledger::Ledger::open(&data.join("ledger.db"), &data.join("node.key"))?;
-    // A claim must be covered by its possible fine (bounty / q): 10 micro-JOULE a prime and an
-    // audit rate of 10% keep the fine of a 262,144-number range near 1.25 JOULE.
-    let config = MarketConfig {
-        bounty_per_unit: Tokens(10),
-        audit_ppm: 100_000,
-        ..MarketConfig::default()
-    };
+    let config = MarketConfig::default();
     let mut node = Node::new(
         config,
         Physics::open(Path::new("/"), ModelParams::default()),

@@ -10,22 +10,32 @@ use crate::units::{MicroJoules, Nanos};
 /// Splits `active` by CPU time. Entries with zero CPU time get zero. If nobody used the CPU,
 /// everything is returned as zero shares and the caller books the energy to the house.
 pub fn attribute(active: MicroJoules, cpu: &[(AgentId, Nanos)]) -> Vec<(AgentId, MicroJoules)> {
-    let total: u128 = cpu.iter().map(|(_, t)| u128::from(t.0)).sum();
-    if total == 0 {
-        return cpu.iter().map(|(a, _)| (*a, MicroJoules(0))).collect();
+    let weights: Vec<(AgentId, u64)> = cpu.iter().map(|(a, t)| (*a, t.0)).collect();
+    split(active.0, &weights)
+        .into_iter()
+        .map(|(a, e)| (a, MicroJoules(e)))
+        .collect()
+}
+
+/// Splits `total` exactly in proportion to `weights` (largest remainders get the leftover
+/// units, ties to the earlier entry). If every weight is zero, every share is zero.
+pub fn split(total: u64, weights: &[(AgentId, u64)]) -> Vec<(AgentId, u64)> {
+    let sum: u128 = weights.iter().map(|(_, w)| u128::from(*w)).sum();
+    if sum == 0 {
+        return weights.iter().map(|(a, _)| (*a, 0)).collect();
     }
-    let e = u128::from(active.0);
-    let mut shares: Vec<(AgentId, u64, u128)> = cpu
+    let e = u128::from(total);
+    let mut shares: Vec<(AgentId, u64, u128)> = weights
         .iter()
-        .map(|(a, t)| {
-            let num = e * u128::from(t.0);
-            // Each share is at most `active`, which fits in u64.
-            let share = u64::try_from(num / total).unwrap_or(u64::MAX);
-            (*a, share, num % total)
+        .map(|(a, w)| {
+            let num = e * u128::from(*w);
+            // Each share is at most `total`, which fits in u64.
+            let share = u64::try_from(num / sum).unwrap_or(u64::MAX);
+            (*a, share, num % sum)
         })
         .collect();
     let given: u64 = shares.iter().map(|s| s.1).sum();
-    let mut left = active.0 - given;
+    let mut left = total - given;
     if left > 0 {
         let mut order: Vec<usize> = (0..shares.len()).collect();
         order.sort_by(|&i, &j| shares[j].2.cmp(&shares[i].2).then(i.cmp(&j)));
@@ -39,10 +49,7 @@ pub fn attribute(active: MicroJoules, cpu: &[(AgentId, Nanos)]) -> Vec<(AgentId,
             }
         }
     }
-    shares
-        .into_iter()
-        .map(|(a, s, _)| (a, MicroJoules(s)))
-        .collect()
+    shares.into_iter().map(|(a, s, _)| (a, s)).collect()
 }
 
 #[cfg(test)]

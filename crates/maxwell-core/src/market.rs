@@ -2,9 +2,10 @@
 //!
 //! `Market::tick(TickInput) -> TickOutcome` does, in order (DESIGN.md section 4):
 //! 1. apply the commands that arrived since the last tick (funding, bids, kills);
-//! 2. attribute the tick's active energy to agents by CPU time (idle energy is the house's);
+//! 2. attribute the tick's active energy to agents by CPU time;
 //! 3. settle the quantum that just ended: Landauer tax on erased bytes at the measured
-//!    temperature, memory rent from every living agent, fines for failed audits, bounties for
+//!    temperature, memory rent from every living agent, the idle energy billed to the living by
+//!    resident memory ([`MarketConfig::idle_rent`]), fines for failed audits, bounties for
 //!    new claims (choosing which to audit with the seeded RNG);
 //! 4. end the grace period of dying agents whose time is up (apoptosis);
 //! 5. price: the PID controller turns temperature into a power budget, hence supply and reserve;
@@ -26,7 +27,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::book::{AgentId, Bid, Clearing, OrderBook};
-use crate::energy::attribute;
+use crate::energy::{attribute, split};
 use crate::ledger::{Account, Books, Cause, Death, LedgerBatch, Transfer, TransferKind};
 use crate::pricing::{Offer, PidConfig, PidConfigError, PowerAllocator, offer};
 use crate::rules::{PPM, audit_fine, bounty, landauer_tax, memory_rent};
@@ -50,11 +51,23 @@ pub struct MarketConfig {
     /// draws about 0.4 W/GiB, and the rest is the cost of the memory being unavailable to
     /// anyone else.
     pub rent_per_gib: MilliWatts,
+    /// Bill the idle part of each tick's energy to the living agents, split by resident memory.
+    /// Default on. The machine stays powered to host them, so its static draw is part of the
+    /// cost of being hosted; without this, an agent that is priced out of every auction lives
+    /// for minutes on the rent of a few MiB, frozen and useless. The house keeps the idle energy
+    /// only while nobody holds memory.
+    pub idle_rent: bool,
     /// How far real erasure is from Landauer's bound. Default 1e12 (the seed's figure).
     pub landauer_inefficiency: f64,
-    /// Bounty per verified unit of useful work. Default 0.004 JOULE.
+    /// Bounty per verified unit of useful work. Default 2 micro-JOULE: the WASM scientist
+    /// sieving on one core of the development VM finds about 19 million primes a second near
+    /// 10^9, so it earns about 38 W worth, two and a half times the 15 W slot it buys. Honest
+    /// work pays; a leech has no income at all.
     pub bounty_per_unit: Tokens,
-    /// Probability `q` that a claim is audited, in parts per million. Default 10_000 (1%).
+    /// Probability `q` that a claim is audited, in parts per million. Default 20_000 (2%): the
+    /// node recomputes that share of all claimed work, and a claim is accepted only if its
+    /// fine (bounty / q) is covered, so `q` also bounds the claim a wallet may make: at 2% and
+    /// the default bounty, a fresh 10 JOULE wallet covers claims of 100,000 units.
     pub audit_ppm: u32,
     /// Ticks between insolvency and death. Default 50 (0.5 s at 10 ms).
     pub grace_ticks: u32,
@@ -81,9 +94,10 @@ impl Default for MarketConfig {
                 MilliWatts(slot_power.0 * u64::from(slots_max)),
             ),
             rent_per_gib: MilliWatts(1_000),
+            idle_rent: true,
             landauer_inefficiency: 1e12,
-            bounty_per_unit: Tokens(4_000),
-            audit_ppm: 10_000,
+            bounty_per_unit: Tokens(2),
+            audit_ppm: 20_000,
             grace_ticks: 50,
             max_pending_audits: 65_536,
             seed: 0,
@@ -344,7 +358,7 @@ pub struct TickInput {
     pub temperature: MilliCelsius,
     /// Energy the machine used since the last tick (wrap-corrected).
     pub energy: MicroJoules,
-    /// The idle part of that energy (the house's).
+    /// The idle part of that energy (billed as idle rent, or the house's).
     pub energy_idle: MicroJoules,
     /// Per-agent measurements for the quantum that ended.
     pub usage: Vec<Usage>,
@@ -808,6 +822,22 @@ impl Market {
                 rent,
                 TransferKind::Rent,
             );
+        }
+
+        // 3b'. Idle rent: the machine's static draw this tick, split by resident memory among
+        // the living. The house keeps only what nobody could be billed for.
+        if self.config.idle_rent {
+            let weights: Vec<(AgentId, u64)> = self
+                .agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a.life, Life::Alive))
+                .map(|(i, a)| (AgentId(i as u32), a.resident.0))
+                .collect();
+            for (agent, energy) in split(input.energy_idle.0.min(input.energy.0), &weights) {
+                let rent = grid.cost(MicroJoules(energy));
+                self.charge(&mut batch, &mut dying, agent, rent, TransferKind::Rent);
+            }
         }
 
         // 3c. Verdicts: a failed audit costs bounty / q and puts the agent on probation.

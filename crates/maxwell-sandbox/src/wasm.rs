@@ -402,12 +402,20 @@ impl Sandbox for WasmSandbox {
             )));
         };
         let pre = self.prepare(module)?;
+        // Until its first quantum instantiates it, an agent is charged for the memory its
+        // module declares: it holds that place from the moment it is admitted.
+        let declared: u64 = pre
+            .module()
+            .exports()
+            .filter_map(|e| e.ty().memory().map(|m| m.minimum()))
+            .sum::<u64>()
+            .saturating_mul(65_536);
         let shared = Arc::new(Shared {
             want: AtomicU8::new(WANT_PAUSE),
             is: Mutex::new((Is::Parked, None)),
             cv: Condvar::new(),
             cpu_ns: AtomicU64::new(0),
-            resident: AtomicU64::new(0),
+            resident: AtomicU64::new(declared),
             erased: AtomicU64::new(0),
             cause: Mutex::new(None),
         });

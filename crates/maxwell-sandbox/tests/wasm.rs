@@ -323,3 +323,13 @@ fn the_erasure_estimate_is_unbiased_on_a_known_fraction() {
     );
     a.kill("done");
 }
+
+#[test]
+fn an_agent_that_never_ran_is_charged_for_the_memory_its_module_declares() {
+    let sb = WasmSandbox::new().unwrap();
+    let mut a = sb.spawn(&spec("waiting", COUNTER)).unwrap();
+    let u = a.usage().unwrap();
+    assert_eq!(u.resident, Bytes(65_536));
+    assert_eq!(u.cpu.0, 0);
+    a.kill("test over");
+}

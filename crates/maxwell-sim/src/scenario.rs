@@ -62,6 +62,9 @@ pub struct MarketSection {
     /// Memory rent as power per GiB.
     #[serde(with = "serde_str")]
     pub rent_per_gib: MilliWatts,
+    /// Bill the machine's idle energy to the living agents by resident memory (default true).
+    #[serde(default = "yes")]
+    pub idle_rent: bool,
     /// Landauer inefficiency factor.
     pub landauer_inefficiency: f64,
     /// Bounty per verified prime.
@@ -350,6 +353,7 @@ impl Scenario {
                 power_max.max(MilliWatts(1)),
             ),
             rent_per_gib: m.rent_per_gib,
+            idle_rent: m.idle_rent,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_prime,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),
@@ -423,4 +427,8 @@ mod tests {
         );
         check_error(("control = \"80C\"", "control = \"50C\""), &["switch_on"]);
     }
+}
+
+fn yes() -> bool {
+    true
 }

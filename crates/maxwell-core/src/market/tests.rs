@@ -2,9 +2,12 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// The market these tests were written for: a bounty of 0.004 JOULE a unit and q = 1%.
 fn market() -> Market {
     Market::new(MarketConfig {
         grace_ticks: 2,
+        bounty_per_unit: Tokens(4_000),
+        audit_ppm: 10_000,
         ..MarketConfig::default()
     })
     .unwrap()
@@ -191,6 +194,7 @@ fn landauer_tax_uses_the_measured_temperature() {
 fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
     let mut m = Market::new(MarketConfig {
         audit_ppm: PPM, // audit everything, so the test is deterministic
+        bounty_per_unit: Tokens(4_000),
         ..MarketConfig::default()
     })
     .unwrap();
@@ -418,5 +422,81 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn idle_energy_is_billed_to_the_living_by_resident_memory() {
+    for idle_rent in [true, false] {
+        let mut m = Market::new(MarketConfig {
+            rent_per_gib: MilliWatts(0),
+            idle_rent,
+            ..MarketConfig::default()
+        })
+        .unwrap();
+        let small = m.admit(AgentSpec { max_bid: Tokens(0) });
+        let big = m.admit(AgentSpec { max_bid: Tokens(0) });
+        let nothing = m.admit(AgentSpec { max_bid: Tokens(0) });
+        let mut commands = Vec::new();
+        for a in [small, big, nothing] {
+            commands.push(Command::Fund {
+                agent: a,
+                amount: Tokens(1_000_000),
+            });
+        }
+        let usage = |mib_small: u64, mib_big: u64| {
+            vec![
+                Usage {
+                    agent: small,
+                    cpu: Nanos(0),
+                    resident: Bytes(mib_small << 20),
+                    erased: Bytes(0),
+                },
+                Usage {
+                    agent: big,
+                    cpu: Nanos(0),
+                    resident: Bytes(mib_big << 20),
+                    erased: Bytes(0),
+                },
+            ]
+        };
+        // 10 W idle for 10 ms is 100,000 uJ: a quarter and three quarters.
+        m.tick(TickInput {
+            commands,
+            usage: usage(1, 3),
+            energy: MicroJoules(100_000),
+            energy_idle: MicroJoules(100_000),
+            ..cool(1)
+        });
+        let (s, b) = if idle_rent {
+            (Tokens(975_000), Tokens(925_000))
+        } else {
+            (Tokens(1_000_000), Tokens(1_000_000))
+        };
+        assert_eq!(m.balance(small), Some(s));
+        assert_eq!(m.balance(big), Some(b));
+        assert_eq!(m.balance(nothing), Some(Tokens(1_000_000)));
+        m.check_conservation().unwrap();
+        if !idle_rent {
+            continue;
+        }
+        // The split is exact: 100,001 uJ over thirds leaves no micro-token unbilled.
+        m.tick(TickInput {
+            usage: usage(1, 2),
+            energy: MicroJoules(100_001),
+            energy_idle: MicroJoules(100_001),
+            ..cool(2)
+        });
+        let paid = 2_000_000 - m.balance(small).unwrap().0 - m.balance(big).unwrap().0;
+        assert_eq!(paid, 100_000 + 100_001);
+        // The idle part can never exceed the energy measured.
+        m.tick(TickInput {
+            usage: usage(1, 2),
+            energy: MicroJoules(30),
+            energy_idle: MicroJoules(300_000),
+            ..cool(3)
+        });
+        let paid = 2_000_000 - m.balance(small).unwrap().0 - m.balance(big).unwrap().0;
+        assert_eq!(paid, 100_000 + 100_001 + 30);
     }
 }
