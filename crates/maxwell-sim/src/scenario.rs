@@ -382,6 +382,10 @@ pub fn group_names(g: &AgentGroup) -> Vec<String> {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,8 +431,4 @@ mod tests {
         );
         check_error(("control = \"80C\"", "control = \"50C\""), &["switch_on"]);
     }
-}
-
-fn yes() -> bool {
-    true
 }
