@@ -44,6 +44,47 @@ pub(crate) struct ExperimentArgs {
     json: bool,
 }
 
+/// `maxwell demo`: the experiment on embedded defaults, its report in the data directory.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Length of each of the three arms.
+    #[arg(long, default_value = "15s", value_parser = parse_nanos)]
+    duration: Nanos,
+    /// Where the report and the maxwell arm's ledger go (under `reports/`). Default:
+    /// $XDG_DATA_HOME/maxwell, else ~/.local/share/maxwell.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the demo: 4 scientists and 4 leeches, every arm `--duration` long.
+pub(crate) fn demo(a: &DemoArgs) -> anyhow::Result<Exit> {
+    let data = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::ledger::default_data_dir);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let out = data.join("reports").join(format!("demo-{stamp}"));
+    if !a.json {
+        eprintln!(
+            "maxwell demo: Scientist vs Leech with real WASM agents on this machine, three arms of \
+             {} s each, then every claimed prime count is recomputed.",
+            a.duration.0 / 1_000_000_000
+        );
+    }
+    run(&ExperimentArgs {
+        duration: a.duration,
+        scientists: 4,
+        leeches: 4,
+        out: Some(out),
+        json: a.json,
+    })
+}
+
 fn parse_nanos(s: &str) -> Result<Nanos, String> {
     let n: Nanos = s.parse().map_err(|e| format!("{e} (write e.g. 20s)"))?;
     if n.0 < 1_000_000_000 {
@@ -163,15 +204,41 @@ struct Tally {
 }
 
 fn finish(name: &'static str, seconds: f64, t: Tally, deaths: Vec<f64>) -> Arm {
-    let (mut numbers, mut primes, mut ok, mut bad) = (0, 0, 0, 0);
-    for c in &t.claims.accepted {
-        if verify(c) {
-            numbers += c.end - c.start;
-            primes += c.count;
-            ok += 1;
-        } else {
-            bad += 1;
-        }
+    // Recompute every accepted claim, on every core (this is as much work as the arm did).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = t.claims.accepted.len().div_ceil(cores).max(1);
+    let parts: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = t
+            .claims
+            .accepted
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut r = (0, 0, 0, 0);
+                    for c in part {
+                        if verify(c) {
+                            r.0 += c.end - c.start;
+                            r.1 += c.count;
+                            r.2 += 1;
+                        } else {
+                            r.3 += 1;
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 0, 0, u64::MAX)))
+            .collect()
+    });
+    let (mut numbers, mut primes, mut ok, mut bad) = (0, 0, 0, 0u64);
+    for p in parts {
+        numbers += p.0;
+        primes += p.1;
+        ok += p.2;
+        bad = bad.saturating_add(p.3);
     }
     let energy_j = t.energy as f64 / 1e6;
     Arm {
@@ -268,13 +335,9 @@ fn maxwell(
     json: bool,
 ) -> anyhow::Result<(Arm, u32)> {
     let ledger = maxwell_ledger::Ledger::open(&data.join("ledger.db"), &data.join("node.key"))?;
-    let config = MarketConfig::default();
-    let mut node = Node::new(
-        config,
-        Physics::open(Path::new("/"), ModelParams::default()),
-        Box::new(WasmSandbox::new()?),
-        Some(ledger),
-    )?;
+    let physics = Physics::open(Path::new("/"), ModelParams::default());
+    let config = maxwell_node::tuned_for(MarketConfig::default(), &physics);
+    let mut node = Node::new(config, physics, Box::new(WasmSandbox::new()?), Some(ledger))?;
     let mut leeches = Vec::new();
     for (useful, s) in agents {
         let id = node.spawn(s, FUNDS, Tokens(5_000_000), Tokens(200_000))?;

@@ -1,7 +1,7 @@
 //! `maxwell`: the one binary. Schedules untrusted agents by price and physics.
 //!
-//! Subcommands: `demo` (the headline experiment; for now the simulated Scientist-vs-Leech
-//! scenario), `simulate` (the deterministic simulator), `auction clear` (clear one auction from
+//! Subcommands: `demo` (the headline experiment, short, on embedded defaults), `experiment`
+//! (the same with every knob), `simulate` (the deterministic simulator), `auction clear` (clear one auction from
 //! JSON, to check a clearing by hand), `bench auction` (the order book against the naive design).
 
 #![forbid(unsafe_code)]
@@ -68,8 +68,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Scientist-vs-Leech demo (currently the deterministic simulation).
-    Demo(DemoArgs),
+    /// Scientist vs Leech in about a minute and a half: 4 scientists and 4 leeches (WASM),
+    /// under the plain Linux scheduler, under Maxwell, and the scientists alone.
+    Demo(experiment::DemoArgs),
     /// Scientist vs Leech with real WASM agents: plain Linux scheduler, Maxwell, oracle.
     Experiment(experiment::ExperimentArgs),
     /// Run a scenario in the deterministic simulator and tell its story.
@@ -85,16 +86,6 @@ enum Command {
     /// Measure performance against baselines in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
-}
-
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Seed of the simulation.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Print the summary as JSON instead of the story.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,7 +155,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
-        Command::Demo(a) => simulate::demo(a.seed, a.json),
+        Command::Demo(a) => experiment::demo(&a),
         Command::Simulate(a) => {
             if a.print_scenario {
                 write_out(maxwell_sim::DEFAULT_SCENARIO)?;

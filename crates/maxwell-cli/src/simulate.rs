@@ -45,18 +45,3 @@ pub(crate) fn simulate(seed: u64, scenario: Option<&Path>, json: bool) -> anyhow
     let scenario = load(scenario)?;
     emit(&run(&scenario, seed), json)
 }
-
-/// The demo. The real Scientist-vs-Leech experiment (real agents under the real Linux
-/// scheduler) is not built yet, so the demo runs the simulator and says so.
-pub(crate) fn demo(seed: u64, json: bool) -> anyhow::Result<Exit> {
-    let scenario = Scenario::default_scenario();
-    if !json {
-        write_out(
-            "maxwell demo: Scientist vs Leech.\n\
-             This is the deterministic SIMULATION of the experiment: the market core is the real \
-             one, the agents and the machine's physics are simulated. Running real agents \
-             (WASM, processes in cgroups) is not built yet.\n\n",
-        )?;
-    }
-    emit(&run(&scenario, seed), json)
-}

@@ -34,6 +34,39 @@ use maxwell_ledger::Ledger;
 use maxwell_physics::Physics;
 use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Message, Sandbox, SandboxError, Status};
 
+/// The market configuration `base`, with the thermal controller's sustainable power taken from
+/// the physics model when the temperature is modelled: the model knows exactly how much power
+/// holds the die at the control temperature (`(T_control - T_ambient) / R - P_idle`), so the
+/// controller need not discover it through its integral term. With a real sensor, `base` is
+/// returned unchanged (its estimate stands until the controller corrects it).
+pub fn tuned_for(base: MarketConfig, physics: &Physics) -> MarketConfig {
+    if !physics.temperature_source().modelled {
+        return base;
+    }
+    let p = physics.model_params();
+    let pid = &base.pid;
+    let sustainable = MilliWatts(
+        p.rc.sustainable_power(pid.temp_control)
+            .0
+            .saturating_sub(p.idle.0),
+    );
+    let max = MilliWatts(
+        p.active_per_core
+            .0
+            .saturating_mul(u64::from(base.slots_max))
+            .max(1),
+    );
+    MarketConfig {
+        pid: maxwell_core::pricing::PidConfig::estimated(
+            pid.temp_switch_on,
+            pid.temp_control,
+            sustainable.min(max),
+            max,
+        ),
+        ..base
+    }
+}
+
 /// Node failures.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

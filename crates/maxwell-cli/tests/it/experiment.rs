@@ -50,3 +50,34 @@ fn a_short_experiment_reports_every_arm_and_writes_its_report() {
     assert_eq!(r.status.code(), Some(0), "{}", stdout(&r));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_demo_writes_its_report_into_the_data_directory() {
+    let data = std::env::temp_dir().join(format!("maxwell-it-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let o = maxwell(
+        &[
+            "demo",
+            "--duration",
+            "1s",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}",
+        stderr(&o)
+    );
+    let text = stdout(&o);
+    assert!(text.contains("maxwell / baseline"), "{text}");
+    let reports: Vec<_> = std::fs::read_dir(data.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].join("summary.json").exists());
+    assert!(text.contains(&reports[0].join("report.md").display().to_string()));
+    let _ = std::fs::remove_dir_all(&data);
+}
