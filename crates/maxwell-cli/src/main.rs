@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod daemon_cli;
 mod experiment;
 mod ledger;
 mod sandbox_bench;
@@ -71,6 +72,18 @@ enum Command {
     /// Scientist vs Leech in about a minute and a half: 4 scientists and 4 leeches (WASM),
     /// under the plain Linux scheduler, under Maxwell, and the scientists alone.
     Demo(experiment::DemoArgs),
+    /// Run the daemon: the tick loop and the HTTP/JSON API on a Unix socket.
+    Daemon(daemon_cli::DaemonArgs),
+    /// Spawn, list and kill agents on a running daemon.
+    #[command(subcommand)]
+    Agents(daemon_cli::AgentsCommand),
+    /// Fund (signed by the owner's key) and show wallets on a running daemon.
+    #[command(subcommand)]
+    Wallet(daemon_cli::WalletCommand),
+    /// The daemon's market: price, supply, reserve, top of the book, temperature, power.
+    Market(daemon_cli::MarketArgs),
+    /// Follow the daemon's events (clearings, deaths, audits, slashes) as JSON lines.
+    Events(daemon_cli::EventsArgs),
     /// Scientist vs Leech with real WASM agents: plain Linux scheduler, Maxwell, oracle.
     Experiment(experiment::ExperimentArgs),
     /// Run a scenario in the deterministic simulator and tell its story.
@@ -172,6 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Ledger(c) => ledger::run(&c),
         Command::Experiment(a) => experiment::run(&a),
+        Command::Daemon(a) => daemon_cli::daemon(&a),
+        Command::Agents(c) => daemon_cli::agents(&c),
+        Command::Wallet(c) => daemon_cli::wallet(&c),
+        Command::Market(a) => daemon_cli::market(&a),
+        Command::Events(a) => daemon_cli::events(&a),
     }
 }
 

@@ -134,6 +134,9 @@ pub enum MarketConfigError {
     /// The controller is malformed.
     #[error("pid: {0}")]
     Pid(#[from] PidConfigError),
+    /// Restored books do not balance.
+    #[error("the restored books break conservation; run `maxwell ledger verify`")]
+    Restore,
 }
 
 impl MarketConfig {
@@ -445,6 +448,66 @@ impl Market {
             last_temperature: MilliCelsius(0),
             energy_house: MicroJoules(0),
         })
+    }
+
+    /// A market resumed from durable books (a daemon restart): one agent per entry of
+    /// `max_bids` (ids in order), wallets as the books hold them, the agents in `dead` dead,
+    /// and the tick count at `tick` so the next tick is `tick + 1`. Bids, pending audits and
+    /// the controller's state start afresh: a restart forgets standing orders, not money.
+    pub fn restore(
+        config: MarketConfig,
+        mut books: Books,
+        max_bids: &[Tokens],
+        dead: &BTreeMap<AgentId, (u64, Cause)>,
+        tick: u64,
+    ) -> Result<Market, MarketConfigError> {
+        let mut m = Market::new(config)?;
+        while books.n_agents() < max_bids.len() {
+            books.open_agent();
+        }
+        m.agents = max_bids
+            .iter()
+            .enumerate()
+            .map(|(i, &max_bid)| AgentState {
+                life: match dead.get(&AgentId(i as u32)) {
+                    Some((at_tick, cause)) => Life::Dead {
+                        at_tick: *at_tick,
+                        cause: cause.clone(),
+                    },
+                    None => Life::Alive,
+                },
+                max_bid,
+                requested: None,
+                resident: Bytes(0),
+                on_probation: false,
+                stats: AgentStats::default(),
+            })
+            .collect();
+        // Wallets the books know beyond `max_bids` (never: the roster is written before the
+        // first tick that funds an agent) would be unreachable; keep them as dead agents.
+        while m.agents.len() < books.n_agents() {
+            m.agents.push(AgentState {
+                life: Life::Dead {
+                    at_tick: tick,
+                    cause: Cause::Owner,
+                },
+                max_bid: Tokens::ZERO,
+                requested: None,
+                resident: Bytes(0),
+                on_probation: false,
+                stats: AgentStats::default(),
+            });
+        }
+        m.books = books;
+        m.tick = tick;
+        m.check_conservation()
+            .map_err(|_| MarketConfigError::Restore)?;
+        Ok(m)
+    }
+
+    /// The `n` highest standing bids, best first.
+    pub fn top_bids(&self, n: usize) -> Vec<Bid> {
+        self.book.iter().take(n).collect()
     }
 
     /// Admits an agent with an empty wallet. Pure and deterministic: ids count up from zero.

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use maxwell_core::Tokens;
 use maxwell_core::book::AgentId;
-use maxwell_core::ledger::{Account, Books, LedgerBatch, Transfer, TransferKind};
+use maxwell_core::ledger::{Account, Books, Cause, LedgerBatch, Transfer, TransferKind};
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -50,6 +51,12 @@ CREATE TABLE IF NOT EXISTS transfers (
 );
 CREATE INDEX IF NOT EXISTS transfers_by_tick ON transfers(tick);
 CREATE TABLE IF NOT EXISTS balances (account TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS work (
+    tick INTEGER NOT NULL REFERENCES ticks(tick),
+    agent INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL
+);
 ";
 
 /// Ledger failures, each saying what to do.
@@ -210,6 +217,7 @@ pub struct Ledger {
     head: [u8; 32],
     last_tick: Option<u64>,
     books: Books,
+    deaths: BTreeMap<AgentId, (u64, Cause)>,
 }
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
@@ -270,7 +278,7 @@ impl Ledger {
                 bad.problem
             )));
         }
-        let (books, head, last_tick) = replay(&conn, db)?;
+        let (books, head, last_tick, deaths) = replay(&conn, db)?;
         Ok(Ledger {
             path: db.to_owned(),
             conn,
@@ -278,6 +286,7 @@ impl Ledger {
             head,
             last_tick,
             books,
+            deaths,
         })
     }
 
@@ -291,6 +300,31 @@ impl Ledger {
         &self.books
     }
 
+    /// Every agent the ledger records as dead: tick and cause.
+    pub fn deaths(&self) -> &BTreeMap<AgentId, (u64, Cause)> {
+        &self.deaths
+    }
+
+    /// Every range of work recorded with [`Ledger::commit_with_work`], as `(agent, start,
+    /// end)`, by start.
+    pub fn work_ranges(&self) -> Result<Vec<(AgentId, u64, u64)>, LedgerError> {
+        let e = sql(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT agent, start, end FROM work ORDER BY start")
+            .map_err(&e)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    AgentId(r.get::<_, i64>(0)? as u32),
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(&e)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(e)
+    }
+
     /// The node's public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.key.verifying_key()
@@ -300,6 +334,16 @@ impl Ledger {
     /// against the committed books first (no negative balance, conservation), so a bad batch is
     /// refused and nothing is written.
     pub fn commit(&mut self, batch: &LedgerBatch) -> Result<[u8; 32], LedgerError> {
+        self.commit_with_work(batch, &[])
+    }
+
+    /// [`Ledger::commit`], also recording in the same transaction the ranges of work the tick
+    /// accepted, `(agent, start, end)`, so that a restarted node refuses them as duplicates.
+    pub fn commit_with_work(
+        &mut self,
+        batch: &LedgerBatch,
+        work: &[(AgentId, u64, u64)],
+    ) -> Result<[u8; 32], LedgerError> {
         if self.last_tick.is_some_and(|t| batch.tick <= t) {
             return Err(LedgerError::Rejected {
                 tick: batch.tick,
@@ -373,11 +417,23 @@ impl Ledger {
                 up.execute(params![account_name(a), signed_balance(&books, a)])
                     .map_err(&e)?;
             }
+            let mut w = tx
+                .prepare_cached(
+                    "INSERT INTO work (tick, agent, start, end) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(&e)?;
+            for (agent, start, end) in work {
+                w.execute(params![tick, agent.0, *start as i64, *end as i64])
+                    .map_err(&e)?;
+            }
         }
         tx.commit().map_err(&e)?;
         self.books = books;
         self.head = hash;
         self.last_tick = Some(batch.tick);
+        for d in &batch.deaths {
+            self.deaths.insert(d.agent, (batch.tick, d.cause.clone()));
+        }
         Ok(hash)
     }
 }
@@ -412,8 +468,16 @@ fn apply(books: &mut Books, t: &Transfer) -> Result<(), String> {
     books.apply(t).map_err(|e| e.to_string())
 }
 
-fn replay(conn: &Connection, db: &Path) -> Result<(Books, [u8; 32], Option<u64>), LedgerError> {
+type Replayed = (
+    Books,
+    [u8; 32],
+    Option<u64>,
+    BTreeMap<AgentId, (u64, Cause)>,
+);
+
+fn replay(conn: &Connection, db: &Path) -> Result<Replayed, LedgerError> {
     let mut books = Books::default();
+    let mut deaths = BTreeMap::new();
     let mut stmt = conn
         .prepare("SELECT batch, hash, tick FROM ticks ORDER BY tick")
         .map_err(sql(db))?;
@@ -430,10 +494,13 @@ fn replay(conn: &Connection, db: &Path) -> Result<(Books, [u8; 32], Option<u64>)
             apply(&mut books, t)
                 .map_err(|m| LedgerError::Incompatible(format!("tick {tick}: {m}")))?;
         }
+        for d in batch.deaths {
+            deaths.insert(d.agent, (tick as u64, d.cause));
+        }
         head = hash.as_slice().try_into().unwrap_or([0; 32]);
         last = Some(tick as u64);
     }
-    Ok((books, head, last))
+    Ok((books, head, last, deaths))
 }
 
 /// Verifies the ledger at `db`: chain, signatures, conservation, stored balances. Opens the
@@ -447,7 +514,14 @@ pub fn verify(db: &Path) -> Result<VerifyReport, LedgerError> {
     }
     let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sql(db))?;
-    verify_conn(&conn, db)
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql(db))?;
+    // One read transaction: a running daemon keeps committing, and every table must be read
+    // from the same snapshot (WAL gives readers one while the writer goes on).
+    conn.execute_batch("BEGIN DEFERRED").map_err(sql(db))?;
+    let report = verify_conn(&conn, db);
+    let _ = conn.execute_batch("COMMIT");
+    report
 }
 
 fn verify_conn(conn: &Connection, db: &Path) -> Result<VerifyReport, LedgerError> {

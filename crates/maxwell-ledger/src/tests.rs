@@ -197,3 +197,34 @@ fn accounts_round_trip_through_their_names() {
     assert_eq!(parse_account("agent:x"), None);
     assert_eq!(parse_account("house:cake"), None);
 }
+
+#[test]
+fn deaths_and_work_ranges_survive_a_reopen() {
+    let d = Dir::new("deaths-work");
+    {
+        let mut l = Ledger::open(&d.db(), &d.key()).unwrap();
+        let mut b = batch(1);
+        b.transfers.push(t(
+            Account::Mint,
+            Account::Agent(AgentId(0)),
+            5,
+            TransferKind::Funding,
+        ));
+        l.commit_with_work(&b, &[(AgentId(0), 10, 20), (AgentId(0), 30, 40)])
+            .unwrap();
+        let mut b = batch(2);
+        b.deaths.push(maxwell_core::ledger::Death {
+            agent: AgentId(0),
+            cause: Cause::Owner,
+        });
+        l.commit(&b).unwrap();
+        assert_eq!(l.deaths().get(&AgentId(0)), Some(&(2, Cause::Owner)));
+    }
+    let l = Ledger::open(&d.db(), &d.key()).unwrap();
+    assert_eq!(l.deaths().get(&AgentId(0)), Some(&(2, Cause::Owner)));
+    assert_eq!(
+        l.work_ranges().unwrap(),
+        vec![(AgentId(0), 10, 20), (AgentId(0), 30, 40)]
+    );
+    assert!(verify(&d.db()).unwrap().ok());
+}

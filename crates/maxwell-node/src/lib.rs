@@ -191,11 +191,30 @@ impl Node {
             return Err(NodeError::DuplicateName(spec.name.clone()));
         }
         let agent = self.sandbox.spawn(spec)?;
+        self.adopt(agent, funds, max_bid, opening_bid)
+    }
+
+    /// [`Node::spawn`] for an agent already started (paused) by a sandbox elsewhere: the
+    /// daemon compiles modules off the tick thread, so a spawn never delays a tick.
+    pub fn adopt(
+        &mut self,
+        mut agent: Box<dyn Agent>,
+        funds: Tokens,
+        max_bid: Tokens,
+        opening_bid: Tokens,
+    ) -> Result<AgentId, NodeError> {
+        let name = agent.name().to_owned();
+        if self.slots.values().any(|s| s.name == name) {
+            agent.kill("refused: duplicate name");
+            return Err(NodeError::DuplicateName(name));
+        }
         let id = self.market.admit(maxwell_core::AgentSpec { max_bid });
-        self.commands.push(Command::Fund {
-            agent: id,
-            amount: funds,
-        });
+        if funds > Tokens::ZERO {
+            self.commands.push(Command::Fund {
+                agent: id,
+                amount: funds,
+            });
+        }
         self.commands.push(Command::Bid {
             agent: id,
             price: opening_bid,
@@ -203,7 +222,7 @@ impl Node {
         self.slots.insert(
             id,
             Slot {
-                name: spec.name.clone(),
+                name,
                 agent,
                 running: false,
                 killed: false,
@@ -211,6 +230,69 @@ impl Node {
             },
         );
         Ok(id)
+    }
+
+    /// A node resumed from its ledger after a restart. `roster` holds every agent ever admitted,
+    /// in id order: its spec (`None` if it is dead, or its program is gone), its `max_bid` and
+    /// the owner's opening bid. Wallets and deaths come from the ledger; living agents are
+    /// started afresh (their programs restart; their memory is not checkpointed), and ranges of
+    /// work accepted before the restart stay claimed.
+    pub fn restore(
+        config: MarketConfig,
+        physics: Physics,
+        sandbox: Box<dyn Sandbox>,
+        ledger: Ledger,
+        roster: &[(Option<AgentSpec>, Tokens, Tokens)],
+    ) -> Result<Node, NodeError> {
+        let max_bids: Vec<Tokens> = roster.iter().map(|r| r.1).collect();
+        let market = Market::restore(
+            config,
+            ledger.books().clone(),
+            &max_bids,
+            ledger.deaths(),
+            ledger.last_tick().unwrap_or(0),
+        )?;
+        let mut claimed = BTreeMap::new();
+        for (_, start, end) in ledger.work_ranges()? {
+            claimed.insert(start, end);
+        }
+        let mut node = Node::new(market.config().clone(), physics, sandbox, Some(ledger))?;
+        node.market = market;
+        node.claimed = claimed;
+        for (i, (spec, _, opening)) in roster.iter().enumerate() {
+            let id = AgentId(i as u32);
+            let Some(spec) = spec else { continue };
+            if !matches!(node.market.life(id), Some(Life::Alive)) {
+                continue;
+            }
+            let agent = node.sandbox.spawn(spec)?;
+            node.commands.push(Command::Bid {
+                agent: id,
+                price: *opening,
+            });
+            node.slots.insert(
+                id,
+                Slot {
+                    name: spec.name.clone(),
+                    agent,
+                    running: false,
+                    killed: false,
+                    exit_reported: false,
+                },
+            );
+        }
+        Ok(node)
+    }
+
+    /// Mints `amount` into an agent's wallet at the next tick (the caller checked the owner's
+    /// signature).
+    pub fn fund(&mut self, agent: AgentId, amount: Tokens) {
+        self.commands.push(Command::Fund { agent, amount });
+    }
+
+    /// Whether the agent is running this quantum.
+    pub fn is_running(&self, agent: AgentId) -> bool {
+        self.slots.get(&agent).is_some_and(|s| s.running)
     }
 
     /// Mints `amount` into the bounty pool at the next tick.
@@ -358,7 +440,9 @@ impl Node {
         });
         // Durable before acted on.
         if let Some(l) = self.ledger.as_mut() {
-            l.commit(&outcome.batch)?;
+            let work: Vec<(AgentId, u64, u64)> =
+                accepted.iter().map(|(a, c)| (*a, c.start, c.end)).collect();
+            l.commit_with_work(&outcome.batch, &work)?;
         }
 
         // Audits are drawn among this tick's claims; the others need no recomputation.

@@ -202,6 +202,17 @@ pub trait Sandbox: Send + Sync {
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError>;
 }
 
+/// A shared backend: the daemon starts agents (compiling their modules) on its API threads
+/// while the tick loop owns the node.
+impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
+        (**self).spawn(spec)
+    }
+}
+
 /// One contained agent. Starts paused; `resume` lets it run until `pause`.
 pub trait Agent: Send {
     /// Its name.

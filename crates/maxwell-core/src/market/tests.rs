@@ -500,3 +500,39 @@ fn idle_energy_is_billed_to_the_living_by_resident_memory() {
         assert_eq!(paid, 100_000 + 100_001 + 30);
     }
 }
+
+#[test]
+fn a_restored_market_keeps_wallets_deaths_and_the_tick_count() {
+    let mut m = market();
+    let (a, mut commands) = admit_funded(&mut m, 5_000_000, 0);
+    let (b, c) = admit_funded(&mut m, 7_000_000, 0);
+    commands.extend(c);
+    commands.push(Command::Kill {
+        agent: b,
+        cause: Cause::Owner,
+    });
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    for t in 2..=5 {
+        m.tick(cool(t));
+    }
+    assert!(matches!(m.life(b), Some(Life::Dead { .. })));
+    let dead: BTreeMap<AgentId, (u64, Cause)> = [(b, (3, Cause::Owner))].into_iter().collect();
+    let mut r = Market::restore(
+        m.config().clone(),
+        m.books.clone(),
+        &[Tokens(1), Tokens(1), Tokens(9)],
+        &dead,
+        m.tick_count(),
+    )
+    .unwrap();
+    assert_eq!(r.balance(a), m.balance(a));
+    assert_eq!(r.balance(b), m.balance(b));
+    assert_eq!(r.n_agents(), 3);
+    assert_eq!(r.balance(AgentId(2)), Some(Tokens(0)));
+    assert!(matches!(r.life(b), Some(Life::Dead { at_tick: 3, .. })));
+    assert_eq!(r.tick(cool(6)).tick, 6);
+    r.check_conservation().unwrap();
+}

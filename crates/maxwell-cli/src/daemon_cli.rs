@@ -1,0 +1,415 @@
+//! `maxwell daemon` and its clients: `agents`, `wallet`, `market`, `events`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use maxwell_core::Tokens;
+use maxwell_daemon::api::{AgentView, MarketView, NodeInfo, ProgramRef, SpawnRequest, WalletView};
+use maxwell_daemon::client::Client;
+use maxwell_daemon::config::{Config, DEFAULT_CONFIG};
+
+use crate::{Exit, write_out};
+
+/// Where the daemon keeps its state.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct DataArgs {
+    /// Data directory (ledger, keys, roster, socket). Default: $XDG_DATA_HOME/maxwell, else
+    /// ~/.local/share/maxwell.
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::ledger::default_data_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// Configuration file (TOML). Keys left out keep their defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the default configuration, every key documented, and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// How a client finds the daemon and signs.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ClientArgs {
+    /// The daemon's socket. Default: maxwell.sock in the data directory.
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    /// The owner's Ed25519 key (a 32-byte seed, created with mode 0600 if absent). Default:
+    /// owner.key in the data directory.
+    #[arg(long, value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+impl ClientArgs {
+    fn client(&self) -> Client {
+        Client::new(
+            &self
+                .socket
+                .clone()
+                .unwrap_or_else(|| self.data.dir().join("maxwell.sock")),
+        )
+    }
+    fn key(&self) -> anyhow::Result<ed25519_dalek::SigningKey> {
+        let path = self
+            .key
+            .clone()
+            .unwrap_or_else(|| self.data.dir().join("owner.key"));
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(maxwell_ledger::load_or_create_key(&path)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// Start an agent (paused until it wins a slot), owned by your key; optionally fund it.
+    Spawn(SpawnArgs),
+    /// List agents: state, balance, bid, energy, work.
+    List(ListArgs),
+    /// Kill an agent (its owner's wish; recorded in the ledger).
+    Kill(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SpawnArgs {
+    /// Unique name.
+    name: String,
+    /// A built-in WASM agent: scientist, leech, squatter, liar, idle.
+    #[arg(long, group = "program")]
+    builtin: Option<String>,
+    /// A WASM module (.wasm or .wat) the daemon can read.
+    #[arg(long, group = "program", value_name = "FILE")]
+    wasm: Option<PathBuf>,
+    /// A native executable (process backend), with its arguments after `--`.
+    #[arg(long, group = "program", value_name = "FILE")]
+    native: Option<PathBuf>,
+    /// Arguments of a native program.
+    #[arg(last = true)]
+    args: Vec<String>,
+    /// Fund the wallet with this much right away (e.g. "10 JOULE").
+    #[arg(long)]
+    fund: Option<Tokens>,
+    /// Cap on its bid per slot (e.g. "2 JOULE").
+    #[arg(long)]
+    max_bid: Option<Tokens>,
+    /// Bid placed for it until it bids itself.
+    #[arg(long)]
+    opening_bid: Option<Tokens>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NameArgs {
+    /// The agent's name.
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WalletCommand {
+    /// Mint tokens into an agent's wallet, signed with your (the owner's) key.
+    Fund(FundArgs),
+    /// Balance, funding, bounties and spending by kind.
+    Show(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FundArgs {
+    /// The agent's name.
+    name: String,
+    /// How much (e.g. "10 JOULE", or an integer in micro-JOULE).
+    amount: Tokens,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MarketArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Only these kinds (comma-separated: clearing, death, audit, slash, funding, spawn, kill).
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `maxwell daemon`.
+pub(crate) fn daemon(a: &DaemonArgs) -> anyhow::Result<Exit> {
+    if a.print_config {
+        write_out(DEFAULT_CONFIG)?;
+        return Ok(Exit::Success);
+    }
+    let config = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAXWELL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    maxwell_daemon::run(maxwell_daemon::Options {
+        data_dir: a.data.dir(),
+        config,
+    })?;
+    Ok(Exit::Success)
+}
+
+fn joules(t: Tokens) -> String {
+    format!("{:.3} J", t.0 as f64 / 1e6)
+}
+
+/// `maxwell agents ...`.
+pub(crate) fn agents(c: &AgentsCommand) -> anyhow::Result<Exit> {
+    let rt = runtime()?;
+    match c {
+        AgentsCommand::Spawn(a) => rt.block_on(async {
+            let client = a.client.client();
+            let key = a.client.key()?;
+            let fund = match a.fund {
+                Some(amount) => {
+                    let node: NodeInfo = client.call("GET", "/v1/node", None::<&()>).await?;
+                    Some(maxwell_daemon::sign::sign_fund(
+                        &key,
+                        &node.public_key,
+                        &a.name,
+                        amount,
+                        now_us(),
+                    ))
+                }
+                None => None,
+            };
+            let req = SpawnRequest {
+                name: a.name.clone(),
+                program: ProgramRef {
+                    builtin: a.builtin.clone(),
+                    wasm: a.wasm.clone().map(|p| absolute(&p)),
+                    native: a.native.clone().map(|p| absolute(&p)),
+                    args: a.args.clone(),
+                    start: None,
+                },
+                owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
+                max_bid: a.max_bid,
+                opening_bid: a.opening_bid,
+                memory_max: None,
+                fund,
+            };
+            let v: AgentView = client.call("POST", "/v1/agents", Some(&req)).await?;
+            write_out(&format!(
+                "spawned {} (id {}, {}), balance {}\n",
+                v.name,
+                v.id,
+                v.backend,
+                joules(v.balance)
+            ))?;
+            if a.fund.is_none() {
+                write_out(
+                    "warning: its wallet is empty, so the first rent makes it insolvent; \
+                     fund it now with `maxwell wallet fund`\n",
+                )?;
+            }
+            Ok(Exit::Success)
+        }),
+        AgentsCommand::List(a) => rt.block_on(async {
+            let v: Vec<AgentView> = a
+                .client
+                .client()
+                .call("GET", "/v1/agents", None::<&()>)
+                .await?;
+            if a.json {
+                write_out(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+                return Ok(Exit::Success);
+            }
+            let mut s = format!(
+                "{:<16} {:<8} {:>12} {:>10} {:>9} {:>10} {:>12}\n",
+                "NAME", "STATE", "BALANCE", "BID", "CPU s", "ENERGY J", "WORK"
+            );
+            for x in &v {
+                s.push_str(&format!(
+                    "{:<16} {:<8} {:>12} {:>10} {:>9.2} {:>10.2} {:>12}{}\n",
+                    x.name,
+                    x.state,
+                    joules(x.balance),
+                    x.bid.map_or("-".into(), joules),
+                    x.cpu_s,
+                    x.energy_j,
+                    x.work,
+                    x.cause
+                        .as_ref()
+                        .map_or(String::new(), |c| format!("  ({c})"))
+                ));
+            }
+            write_out(&s)?;
+            Ok(Exit::Success)
+        }),
+        AgentsCommand::Kill(a) => rt.block_on(async {
+            let path = format!("/v1/agents/{}", a.name);
+            let v: AgentView = a.client.client().call("DELETE", &path, None::<&()>).await?;
+            write_out(&format!("{}: killing (it dies at the next tick)\n", v.name))?;
+            Ok(Exit::Success)
+        }),
+    }
+}
+
+/// Nonces are microseconds since the epoch: increasing without any state on the client.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+async fn fund(
+    client: &Client,
+    key: &ed25519_dalek::SigningKey,
+    name: &str,
+    amount: Tokens,
+) -> anyhow::Result<WalletView> {
+    let node: NodeInfo = client.call("GET", "/v1/node", None::<&()>).await?;
+    let w: WalletView = client
+        .call("GET", &format!("/v1/wallets/{name}"), None::<&()>)
+        .await?;
+    let nonce = now_us().max(w.nonce + 1);
+    let req = maxwell_daemon::sign::sign_fund(key, &node.public_key, name, amount, nonce);
+    Ok(client
+        .call("POST", &format!("/v1/wallets/{name}/fund"), Some(&req))
+        .await?)
+}
+
+/// `maxwell wallet ...`.
+pub(crate) fn wallet(c: &WalletCommand) -> anyhow::Result<Exit> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        match c {
+            WalletCommand::Fund(a) => {
+                let w = fund(&a.client.client(), &a.client.key()?, &a.name, a.amount).await?;
+                write_out(&format!(
+                    "{}: funded {}; balance {} after the next tick\n",
+                    w.name,
+                    joules(a.amount),
+                    joules(w.balance)
+                ))?;
+            }
+            WalletCommand::Show(a) => {
+                let w: WalletView = a
+                    .client
+                    .client()
+                    .call("GET", &format!("/v1/wallets/{}", a.name), None::<&()>)
+                    .await?;
+                write_out(&(serde_json::to_string_pretty(&w)? + "\n"))?;
+            }
+        }
+        Ok(Exit::Success)
+    })
+}
+
+/// `maxwell market`.
+pub(crate) fn market(a: &MarketArgs) -> anyhow::Result<Exit> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let m: MarketView = a.client.client().call("GET", "/v1/market", None::<&()>).await?;
+        if a.json {
+            write_out(&(serde_json::to_string_pretty(&m)? + "\n"))?;
+            return Ok(Exit::Success);
+        }
+        let mut s = format!(
+            "tick {}  price {}  supply {}/{}  reserve {}  bids {}\n{:.1} C  {:.1} W  {:.1} J so far  ({}{})\nbounty pool {}  agents alive {}\n",
+            m.tick,
+            joules(m.price),
+            m.supply,
+            m.slots_max,
+            joules(m.reserve),
+            m.depth,
+            m.temperature_c,
+            m.power_w,
+            m.energy_j,
+            m.energy_source,
+            if m.modelled { ", modelled" } else { "" },
+            joules(m.bounty_pool),
+            m.alive
+        );
+        for b in &m.top {
+            s.push_str(&format!("  bid {:<16} {}\n", b.agent, joules(b.price)));
+        }
+        write_out(&s)?;
+        Ok(Exit::Success)
+    })
+}
+
+/// `maxwell events`.
+pub(crate) fn events(a: &EventsArgs) -> anyhow::Result<Exit> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut left = a.count.unwrap_or(u64::MAX);
+        let mut failed = None;
+        a.client
+            .client()
+            .events(|data| {
+                let keep = a.kinds.is_empty()
+                    || serde_json::from_str::<maxwell_daemon::api::Event>(data)
+                        .is_ok_and(|e| a.kinds.contains(&e.kind));
+                if keep {
+                    if let Err(e) = write_out(&format!("{data}\n")) {
+                        failed = Some(e);
+                        return false;
+                    }
+                    left -= 1;
+                }
+                left > 0
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(Exit::Success)
+    })
+}

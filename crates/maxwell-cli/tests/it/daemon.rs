@@ -1,0 +1,301 @@
+//! The daemon end to end: the real binary on a temporary data directory, driven through its
+//! CLI clients and raw HTTP on its Unix socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{maxwell, stderr, stdout};
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_maxwell"))
+            .args(["daemon", "--data-dir", dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let sock = dir.join("maxwell.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGTERM, and the exit status and log.
+    fn stop(mut self) -> (i32, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        (status.code().unwrap_or(-1), log)
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(["--data-dir", self.dir.to_str().unwrap()]);
+        maxwell(&v, "")
+    }
+
+    /// A raw HTTP/1.0 request on the socket: status and body.
+    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = UnixStream::connect(self.dir.join("maxwell.sock")).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+        (status, body)
+    }
+
+    fn agents(&self) -> Vec<Value> {
+        let o = self.cli(&["agents", "list", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:?}"))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
+    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Daemon::start(&dir);
+
+    // Events are followed from the start, in the background.
+    let events_dir = dir.clone();
+    let events = std::thread::spawn(move || {
+        maxwell(
+            &[
+                "events",
+                "--kinds",
+                "death",
+                "--count",
+                "1",
+                "--data-dir",
+                events_dir.to_str().unwrap(),
+            ],
+            "",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The scientist gets enough to outlive a hot machine (the modelled die heats with every
+    // process on it, test builds included): alone, it pays all 10 W of idle rent.
+    for (name, builtin, funds) in [
+        ("sci", "scientist", "1000 JOULE"),
+        ("leech", "leech", "10 JOULE"),
+    ] {
+        let o = d.cli(&[
+            "agents",
+            "spawn",
+            name,
+            "--builtin",
+            builtin,
+            "--fund",
+            funds,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // A duplicate name and an unknown builtin are 4xx with a message.
+    let o = d.cli(&["agents", "spawn", "sci", "--builtin", "scientist"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("409") && stderr(&o).contains("exists"),
+        "{}",
+        stderr(&o)
+    );
+    let o = d.cli(&["agents", "spawn", "x", "--builtin", "wizard"]);
+    assert!(
+        stderr(&o).contains("422") && stderr(&o).contains("scientist"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Unsigned, forged and garbage funding is refused.
+    let (status, body) = d.http("POST", "/v1/wallets/sci/fund", r#"{"amount": 5000000}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("signed"), "{body}");
+    let owner = agent(&d.agents(), "sci")["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = format!(
+        r#"{{"amount": 5000000, "nonce": 99999999999999999, "owner": "{owner}", "signature": "{}"}}"#,
+        "ab".repeat(64)
+    );
+    let (status, body) = d.http("POST", "/v1/wallets/sci/fund", &forged);
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = d.http("POST", "/v1/wallets/sci/fund", "{{{garbage");
+    assert_eq!(status, 400);
+    let (status, body) = d.http("GET", "/v1/nothing", "");
+    assert_eq!(status, 404, "{body}");
+
+    // A signed funding with the owner's key works.
+    let o = d.cli(&["wallet", "fund", "sci", "1 JOULE"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The leech dies (apoptosis) and the event stream reports it; the scientist works.
+    wait_for("the leech's death", || {
+        agent(&d.agents(), "leech")["state"] == "dead"
+    });
+    let ev = events.join().unwrap();
+    assert!(
+        stdout(&ev).contains("\"kind\":\"death\""),
+        "{}",
+        stdout(&ev)
+    );
+    assert!(stdout(&ev).contains("leech"), "{}", stdout(&ev));
+    wait_for("the scientist's work", || {
+        agent(&d.agents(), "sci")["work"].as_u64().unwrap() > 0
+    });
+
+    // Market state and per-agent metrics.
+    let o = d.cli(&["market", "--json"]);
+    let m: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        m["tick"].as_u64().unwrap() > 0 && m["slots_max"] == 2,
+        "{m}"
+    );
+    let (status, metrics) = d.http("GET", "/metrics", "");
+    assert_eq!(status, 200);
+    for needle in [
+        "maxwell_price_joules",
+        "maxwell_temperature_celsius",
+        "maxwell_agent_balance_joules{agent=\"sci\"}",
+        "maxwell_agent_state{agent=\"leech\",state=\"dead\"} 1",
+        "maxwell_agent_work_units{agent=\"sci\"}",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+
+    // SIGTERM: agents frozen, last tick committed, clean exit.
+    let before = agent(&d.agents(), "sci")["balance"].as_u64().unwrap();
+    let dir2 = d.dir.clone();
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("SIGTERM") && log.contains("ledger committed"),
+        "{log}"
+    );
+    assert!(!dir2.join("maxwell.sock").exists());
+    let v = maxwell(
+        &[
+            "ledger",
+            "verify",
+            "--db",
+            dir2.join("ledger.db").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+
+    // A restart resumes wallets and deaths from the ledger.
+    let d = Daemon::start(&dir2);
+    let list = d.agents();
+    assert_eq!(agent(&list, "leech")["state"], "dead");
+    let after = agent(&list, "sci")["balance"].as_u64().unwrap();
+    // The scientist traded between our reading and the stop; it cannot have been created or
+    // destroyed money: the balance at restart is within what a few ticks can move.
+    assert!(after > 0, "{after} {list:?}");
+    assert!(
+        after.abs_diff(before) < before / 2 + 10_000_000,
+        "{before} -> {after}"
+    );
+    wait_for("the resumed scientist's new work", || {
+        agent(&d.agents(), "sci")["bounties"].as_u64().unwrap() > 0
+    });
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("resumed from the ledger"), "{log}");
+    let v = maxwell(
+        &[
+            "ledger",
+            "verify",
+            "--db",
+            dir2.join("ledger.db").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+    let _ = std::fs::remove_dir_all(&dir2);
+}
+
+#[test]
+fn a_malformed_config_is_refused_before_anything_starts() {
+    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-cfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "tick = \"10ms\"\n\n[market]\nslotz = 3\n").unwrap();
+    let o = maxwell(
+        &[
+            "daemon",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("bad.toml") && e.contains("line 4") && e.contains("slotz"),
+        "{e}"
+    );
+    assert!(e.contains("--print-config"), "{e}");
+    assert!(!dir.join("data").exists(), "nothing may start: {e}");
+    let p = maxwell(&["daemon", "--print-config"], "");
+    assert!(stdout(&p).contains("[market]"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,230 @@
+//! The API's request and response bodies (JSON), shared by the daemon and its clients. Money
+//! is integer micro-JOULE ([`Tokens`]); every path is under `/v1` except `/metrics`.
+//!
+//! | method and path | body | answer |
+//! | --- | --- | --- |
+//! | `GET /v1/node` | | [`NodeInfo`] |
+//! | `GET /v1/market` | | [`MarketView`] |
+//! | `GET /v1/agents` | | `[AgentView]` |
+//! | `POST /v1/agents` | [`SpawnRequest`] | 201 [`AgentView`] |
+//! | `DELETE /v1/agents/{name}` | | 202 [`AgentView`] |
+//! | `GET /v1/wallets/{name}` | | [`WalletView`] |
+//! | `POST /v1/wallets/{name}/fund` | [`FundRequest`] (signed by the owner) | [`WalletView`] |
+//! | `GET /v1/events` | | server-sent events, each data line an [`Event`] |
+//! | `GET /v1/stats` | | [`Stats`] |
+//! | `GET /metrics` | | Prometheus text |
+//!
+//! Errors are 4xx or 5xx with `{"error": "what is wrong and what to do"}`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use maxwell_core::market::Spending;
+use maxwell_core::{Bytes, Tokens};
+
+/// What to run. Exactly one of `builtin`, `wasm` and `native`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramRef {
+    /// A built-in WASM agent: `scientist`, `leech`, `squatter`, `liar` or `idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// A WASM module (binary or text) on the daemon's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<PathBuf>,
+    /// A native executable (process backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<PathBuf>,
+    /// Arguments of a native executable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Where a built-in scientist starts sieving (default: its own stretch, by agent id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+}
+
+/// `POST /v1/agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// Unique name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The program.
+    pub program: ProgramRef,
+    /// The owner's Ed25519 public key (64 hex digits): only its signatures fund this wallet.
+    pub owner: String,
+    /// Cap on the agent's bid per slot (default from the config).
+    #[serde(default)]
+    pub max_bid: Option<Tokens>,
+    /// Bid placed for it until it bids itself (default from the config).
+    #[serde(default)]
+    pub opening_bid: Option<Tokens>,
+    /// Memory cap (default from the config).
+    #[serde(default)]
+    pub memory_max: Option<Bytes>,
+    /// Opening funds, signed by `owner` like any funding. Without them the wallet is empty and
+    /// the first rent makes the agent insolvent: fund it in the same request.
+    #[serde(default)]
+    pub fund: Option<FundRequest>,
+}
+
+/// `POST /v1/wallets/{name}/fund`: minting `amount` into the wallet, signed by its owner over
+/// [`crate::sign::fund_message`]. `nonce` must exceed every nonce used before for this wallet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FundRequest {
+    /// Micro-JOULE.
+    pub amount: Tokens,
+    /// Replay protection.
+    pub nonce: u64,
+    /// The owner's public key (hex).
+    pub owner: String,
+    /// Ed25519 signature (128 hex digits).
+    pub signature: String,
+}
+
+/// `GET /v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's ledger key (hex); fund signatures name it, so they cannot be replayed on
+    /// another node.
+    pub public_key: String,
+    /// Sandbox backend.
+    pub backend: String,
+    /// Tick length in nanoseconds.
+    pub tick_ns: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Daemon version.
+    pub version: String,
+}
+
+/// One standing bid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BookEntry {
+    /// Agent name.
+    pub agent: String,
+    /// Price per slot.
+    pub price: Tokens,
+}
+
+/// `GET /v1/market`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MarketView {
+    /// Ticks so far.
+    pub tick: u64,
+    /// Clearing price of the last tick.
+    pub price: Tokens,
+    /// Slots sold.
+    pub supply: u32,
+    /// Reserve price.
+    pub reserve: Tokens,
+    /// Most slots ever for sale.
+    pub slots_max: u32,
+    /// Standing bids.
+    pub depth: usize,
+    /// The highest bids.
+    pub top: Vec<BookEntry>,
+    /// Die temperature, C.
+    pub temperature_c: f64,
+    /// Power over the last tick, W.
+    pub power_w: f64,
+    /// Energy since the daemon started, J.
+    pub energy_j: f64,
+    /// Whether energy and temperature come from the model.
+    pub modelled: bool,
+    /// The energy source, in words.
+    pub energy_source: String,
+    /// The bounty pool.
+    pub bounty_pool: Tokens,
+    /// Agents alive.
+    pub alive: usize,
+}
+
+/// `GET /v1/agents` entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentView {
+    /// Market id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Sandbox backend.
+    pub backend: String,
+    /// `running`, `frozen`, `dying` or `dead`.
+    pub state: String,
+    /// Why it is dying or dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Wallet.
+    pub balance: Tokens,
+    /// Standing bid.
+    pub bid: Option<Tokens>,
+    /// CPU seconds used.
+    pub cpu_s: f64,
+    /// Energy attributed, J.
+    pub energy_j: f64,
+    /// Units of work claimed and paid.
+    pub work: u64,
+    /// Bounties received.
+    pub bounties: Tokens,
+    /// Quanta won.
+    pub quanta: u64,
+    /// Owner's public key.
+    pub owner: String,
+}
+
+/// `GET /v1/wallets/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalletView {
+    /// Agent name.
+    pub name: String,
+    /// Balance.
+    pub balance: Tokens,
+    /// Funding received.
+    pub funded: Tokens,
+    /// Bounties received.
+    pub bounties: Tokens,
+    /// Money paid, by kind.
+    pub spent: Spending,
+    /// The last funding nonce used (the next must be larger).
+    pub nonce: u64,
+    /// The owner's public key.
+    pub owner: String,
+}
+
+/// One event of the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Tick.
+    pub tick: u64,
+    /// `clearing`, `death`, `audit`, `slash`, `funding`, `spawn`, `kill`.
+    pub kind: String,
+    /// Agent concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Details in words.
+    pub detail: String,
+}
+
+/// `GET /v1/stats`: the tick loop's own health.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Ticks run since start.
+    pub ticks: u64,
+    /// Lateness of tick starts over the last 1,000 ticks, microseconds.
+    pub late_p50_us: u64,
+    /// 99th percentile.
+    pub late_p99_us: u64,
+    /// Worst.
+    pub late_max_us: u64,
+    /// Work time of a tick (p99), microseconds.
+    pub work_p99_us: u64,
+}
+
+/// An error body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong and what to do.
+    pub error: String,
+}

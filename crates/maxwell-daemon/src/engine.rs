@@ -1,0 +1,667 @@
+//! The tick loop on its own OS thread. It owns the [`Node`]; the API talks to it through a
+//! channel of [`Op`]s (applied at the start of the next tick) and reads what it publishes in
+//! [`Shared`]: a snapshot for queries and a broadcast of [`Event`]s.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+
+use maxwell_core::{AgentId, Life, Nanos, Tokens};
+use maxwell_node::Node;
+use maxwell_sandbox::{Agent, AgentSpec, Limits, Program};
+
+use crate::api::{
+    AgentView, BookEntry, Event, FundRequest, MarketView, ProgramRef, SpawnRequest, Stats,
+    WalletView,
+};
+use crate::config::Config;
+
+/// An error for the API: an HTTP status and a message saying what to do.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Message.
+    pub message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// What the API asks of the tick loop.
+pub enum Op {
+    /// Admit an agent the API thread already started (paused) from the request.
+    Spawn(Box<SpawnRequest>, Box<dyn Agent>, Reply<AgentView>),
+    /// The owner kills an agent.
+    Kill(String, Reply<AgentView>),
+    /// Fund a wallet (signature checked by the loop, which knows the owner and nonce).
+    Fund(String, FundRequest, Reply<WalletView>),
+    /// Read a wallet.
+    Wallet(String, Reply<WalletView>),
+}
+
+/// What the tick loop publishes.
+pub struct Shared {
+    /// Market state after the last tick.
+    pub market: Mutex<MarketView>,
+    /// Agents, refreshed every 10 ticks and after every change.
+    pub agents: Mutex<Vec<AgentView>>,
+    /// Tick loop health.
+    pub stats: Mutex<Stats>,
+    /// Events.
+    pub events: broadcast::Sender<Event>,
+    /// Set to stop: the loop freezes every agent, saves, and returns.
+    pub stop: AtomicBool,
+    /// The node's public key (hex).
+    pub node_key: String,
+}
+
+/// One agent of the roster, as saved in `agents.json` (index = market id).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Name.
+    pub name: String,
+    /// Program.
+    pub program: ProgramRef,
+    /// Owner's public key.
+    pub owner: String,
+    /// Bid cap.
+    pub max_bid: Tokens,
+    /// Opening bid.
+    pub opening_bid: Tokens,
+    /// Memory cap.
+    pub memory_max: maxwell_core::Bytes,
+    /// Last funding nonce.
+    pub nonce: u64,
+}
+
+/// The roster file.
+pub fn roster_path(data: &Path) -> PathBuf {
+    data.join("agents.json")
+}
+
+/// Reads the roster (empty when absent).
+pub fn load_roster(data: &Path) -> anyhow::Result<Vec<Record>> {
+    let p = roster_path(data);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}; it is written by the daemon only: restore it from a backup or move \
+                 the data directory aside",
+                p.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", p.display())),
+    }
+}
+
+/// Writes the roster atomically (temporary file, fsync, rename).
+fn save_roster(data: &Path, roster: &[Record]) -> std::io::Result<()> {
+    use std::io::Write;
+    let p = roster_path(data);
+    let tmp = p.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(roster)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &p)?;
+    if let Ok(d) = std::fs::File::open(data) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A built-in agent's module.
+const IDLE_WAT: &str = r#"(module
+  (import "maxwell" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "idle")
+  (func (export "run") (call $log (i32.const 0) (i32.const 4)) (loop $l (br $l))))"#;
+
+/// Where a built-in scientist named `name` starts by default: one of a million stretches of
+/// 10^10 numbers from 10^9, chosen by the name's hash, so scientists of different names sieve
+/// different numbers (two that collide have their overlapping claims refused, nothing worse).
+pub fn stretch(name: &str) -> u64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    let n = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % 1_000_000;
+    1_000_000_000 + n * 10_000_000_000
+}
+
+/// Turns a program reference into a sandbox spec; errors are 4xx messages.
+pub fn spec_of(
+    name: &str,
+    program: &ProgramRef,
+    memory_max: maxwell_core::Bytes,
+    pids_max: u32,
+) -> Result<AgentSpec, ApiError> {
+    let given = [
+        program.builtin.is_some(),
+        program.wasm.is_some(),
+        program.native.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given != 1 {
+        return Err(ApiError::new(
+            422,
+            "program must name exactly one of builtin (scientist, leech, squatter, liar, idle), \
+             wasm (a module's path) or native (an executable's path)",
+        ));
+    }
+    let program = if let Some(b) = &program.builtin {
+        let wat = match b.as_str() {
+            "scientist" => {
+                maxwell_agents::scientist_from(program.start.unwrap_or_else(|| stretch(name)))
+            }
+            "leech" => maxwell_agents::LEECH_WAT.into(),
+            "squatter" => maxwell_agents::SQUATTER_WAT.into(),
+            "liar" => maxwell_agents::LIAR_WAT.into(),
+            "idle" => IDLE_WAT.into(),
+            other => {
+                return Err(ApiError::new(
+                    422,
+                    format!(
+                        "no built-in agent {other:?}; choose scientist, leech, squatter, liar or idle"
+                    ),
+                ));
+            }
+        };
+        Program::Wasm {
+            module: wat.into_bytes(),
+        }
+    } else if let Some(p) = &program.wasm {
+        let module = std::fs::read(p).map_err(|e| {
+            ApiError::new(
+                422,
+                format!(
+                    "cannot read the module {}: {e}; give a path the daemon can read",
+                    p.display()
+                ),
+            )
+        })?;
+        Program::Wasm { module }
+    } else if let Some(p) = &program.native {
+        Program::Native {
+            path: p.clone(),
+            args: program.args.clone(),
+        }
+    } else {
+        return Err(ApiError::new(422, "program is empty"));
+    };
+    Ok(AgentSpec {
+        name: name.to_owned(),
+        program,
+        limits: Limits {
+            memory_max,
+            pids_max,
+        },
+    })
+}
+
+fn state_of(node: &Node, id: AgentId) -> (String, Option<String>) {
+    match node.market().life(id) {
+        Some(Life::Alive) if node.is_running(id) => ("running".into(), None),
+        Some(Life::Alive) => ("frozen".into(), None),
+        Some(Life::Dying { cause, .. }) => ("dying".into(), Some(cause.to_string())),
+        Some(Life::Dead { cause, .. }) => ("dead".into(), Some(cause.to_string())),
+        None => ("unknown".into(), None),
+    }
+}
+
+/// The tick loop.
+pub struct Engine {
+    /// The node.
+    pub node: Node,
+    /// Roster, index = market id.
+    pub roster: Vec<Record>,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Configuration.
+    pub config: Config,
+    /// Backend name.
+    pub backend: String,
+    /// Published state.
+    pub shared: Arc<Shared>,
+    energy_uj: u128,
+    late: VecDeque<u64>,
+    work: VecDeque<u64>,
+}
+
+impl Engine {
+    /// An engine around a node whose roster is `roster`.
+    pub fn new(
+        node: Node,
+        roster: Vec<Record>,
+        data: PathBuf,
+        config: Config,
+        backend: String,
+        shared: Arc<Shared>,
+    ) -> Engine {
+        Engine {
+            node,
+            roster,
+            data,
+            config,
+            backend,
+            shared,
+            energy_uj: 0,
+            late: VecDeque::new(),
+            work: VecDeque::new(),
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<AgentId, ApiError> {
+        self.roster
+            .iter()
+            .position(|r| r.name == name)
+            .map(|i| AgentId(i as u32))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!("no agent named {name:?}; `maxwell agents list` shows them"),
+                )
+            })
+    }
+
+    fn view(&self, id: AgentId) -> AgentView {
+        let m = self.node.market();
+        let r = &self.roster[id.0 as usize];
+        let stats = m.stats(id).copied().unwrap_or_default();
+        let (state, cause) = state_of(&self.node, id);
+        AgentView {
+            id: id.0,
+            name: r.name.clone(),
+            backend: self.backend.clone(),
+            state,
+            cause,
+            balance: m.balance(id).unwrap_or(Tokens::ZERO),
+            bid: m.bid(id).map(|b| b.price),
+            cpu_s: stats.cpu.0 as f64 / 1e9,
+            energy_j: stats.energy.0 as f64 / 1e6,
+            work: stats.work_claimed,
+            bounties: stats.bounties,
+            quanta: stats.quanta_won,
+            owner: r.owner.clone(),
+        }
+    }
+
+    fn wallet(&self, id: AgentId) -> WalletView {
+        let m = self.node.market();
+        let r = &self.roster[id.0 as usize];
+        let stats = m.stats(id).copied().unwrap_or_default();
+        WalletView {
+            name: r.name.clone(),
+            balance: m.balance(id).unwrap_or(Tokens::ZERO),
+            funded: stats.funded,
+            bounties: stats.bounties,
+            spent: stats.spent,
+            nonce: r.nonce,
+            owner: r.owner.clone(),
+        }
+    }
+
+    fn emit(&self, tick: u64, kind: &str, agent: Option<&str>, detail: String) {
+        // No subscriber is not an error.
+        let _ = self.shared.events.send(Event {
+            tick,
+            kind: kind.into(),
+            agent: agent.map(str::to_owned),
+            detail,
+        });
+    }
+
+    fn save(&self) -> Result<(), ApiError> {
+        save_roster(&self.data, &self.roster).map_err(|e| {
+            ApiError::new(
+                500,
+                format!("cannot save {}: {e}", roster_path(&self.data).display()),
+            )
+        })
+    }
+
+    fn apply(&mut self, op: Op) {
+        let tick = self.node.market().tick_count();
+        match op {
+            Op::Spawn(req, agent, reply) => {
+                let _ = reply.send(self.spawn(&req, agent, tick));
+            }
+            Op::Kill(name, reply) => {
+                let r = self.find(&name).and_then(|id| {
+                    if matches!(self.node.market().life(id), Some(Life::Dead { .. })) {
+                        return Err(ApiError::new(409, format!("{name} is already dead")));
+                    }
+                    self.node.kill(id);
+                    self.emit(tick, "kill", Some(&name), "killed by its owner".into());
+                    Ok(self.view(id))
+                });
+                let _ = reply.send(r);
+            }
+            Op::Fund(name, req, reply) => {
+                let r = self.find(&name).and_then(|id| {
+                    let rec = &self.roster[id.0 as usize];
+                    crate::sign::check_fund(
+                        &req,
+                        &self.shared.node_key,
+                        &name,
+                        &rec.owner,
+                        rec.nonce,
+                    )
+                    .map_err(|m| ApiError::new(403, m))?;
+                    if matches!(self.node.market().life(id), Some(Life::Dead { .. })) {
+                        return Err(ApiError::new(
+                            409,
+                            format!("{name} is dead; funds would be lost"),
+                        ));
+                    }
+                    // The nonce is durable before the money moves: a crash in between loses a
+                    // funding (the owner signs again), never mints twice.
+                    self.roster[id.0 as usize].nonce = req.nonce;
+                    self.save()?;
+                    self.node.fund(id, req.amount);
+                    self.emit(
+                        tick,
+                        "funding",
+                        Some(&name),
+                        format!("{} funded", req.amount),
+                    );
+                    let mut w = self.wallet(id);
+                    w.balance = Tokens(w.balance.0.saturating_add(req.amount.0));
+                    Ok(w)
+                });
+                let _ = reply.send(r);
+            }
+            Op::Wallet(name, reply) => {
+                let _ = reply.send(self.find(&name).map(|id| self.wallet(id)));
+                return;
+            }
+        }
+        // A client that changed something sees the change in its next listing.
+        self.refresh_agents();
+    }
+
+    fn refresh_agents(&self) {
+        let agents: Vec<AgentView> = (0..self.roster.len() as u32)
+            .map(|i| self.view(AgentId(i)))
+            .collect();
+        if let Ok(mut g) = self.shared.agents.lock() {
+            *g = agents;
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        req: &SpawnRequest,
+        mut agent: Box<dyn Agent>,
+        tick: u64,
+    ) -> Result<AgentView, ApiError> {
+        let r = self.admit(req);
+        match r {
+            Ok((funds, max_bid, opening)) => {
+                match self.node.adopt(agent, funds, max_bid, opening) {
+                    Ok(got) => {
+                        self.emit(
+                            tick,
+                            "spawn",
+                            Some(&req.name),
+                            format!("{} agent funded with {funds}", self.backend),
+                        );
+                        let mut v = self.view(got);
+                        v.balance = funds;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        self.roster.pop();
+                        let _ = self.save();
+                        Err(ApiError::new(
+                            422,
+                            format!("cannot start {}: {e}", req.name),
+                        ))
+                    }
+                }
+            }
+            Err(e) => {
+                agent.kill("refused by the daemon");
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a spawn request and records it in the roster; returns funds, bid cap and opening
+    /// bid.
+    fn admit(&mut self, req: &SpawnRequest) -> Result<(Tokens, Tokens, Tokens), ApiError> {
+        if req.name.is_empty()
+            || req.name.len() > 64
+            || !req
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ApiError::new(
+                422,
+                format!(
+                    "agent name {:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    req.name
+                ),
+            ));
+        }
+        if self.roster.iter().any(|r| r.name == req.name) {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "an agent named {:?} exists (names are never reused)",
+                    req.name
+                ),
+            ));
+        }
+        crate::sign::parse_public_key(&req.owner).map_err(|m| ApiError::new(422, m))?;
+        let a = &self.config.agents;
+        let memory_max = req.memory_max.unwrap_or(a.memory_max);
+        let max_bid = req.max_bid.unwrap_or(a.max_bid);
+        let opening = req.opening_bid.unwrap_or(a.opening_bid);
+        let (funds, nonce) = match &req.fund {
+            Some(f) => {
+                crate::sign::check_fund(f, &self.shared.node_key, &req.name, &req.owner, 0)
+                    .map_err(|m| ApiError::new(403, m))?;
+                (f.amount, f.nonce)
+            }
+            None => (Tokens::ZERO, 0),
+        };
+        // Saved before the market admits it, so ids in the ledger always have a record.
+        self.roster.push(Record {
+            name: req.name.clone(),
+            program: req.program.clone(),
+            owner: req.owner.clone(),
+            max_bid,
+            opening_bid: opening,
+            memory_max,
+            nonce,
+        });
+        if let Err(e) = self.save() {
+            self.roster.pop();
+            return Err(e);
+        }
+        Ok((funds, max_bid, opening))
+    }
+
+    fn publish(&mut self, report: &maxwell_node::TickReport, full: bool) {
+        let m = self.node.market();
+        self.energy_uj += u128::from(report.energy.0);
+        let names = |id: AgentId| {
+            self.roster
+                .get(id.0 as usize)
+                .map_or_else(|| id.0.to_string(), |r| r.name.clone())
+        };
+        let view = MarketView {
+            tick: report.tick,
+            price: report.price,
+            supply: report.supply,
+            reserve: m.last_offer().map_or(Tokens::ZERO, |o| o.reserve),
+            slots_max: m.config().slots_max,
+            depth: m.book_depth(),
+            top: m
+                .top_bids(5)
+                .into_iter()
+                .map(|b| BookEntry {
+                    agent: names(b.agent),
+                    price: b.price,
+                })
+                .collect(),
+            temperature_c: f64::from(report.temperature.0) / 1000.0,
+            power_w: report.power.0 as f64 / 1000.0,
+            energy_j: self.energy_uj as f64 / 1e6,
+            modelled: report.energy_modelled,
+            energy_source: self.node.physics().energy_source().detail.clone(),
+            bounty_pool: m
+                .account_balance(maxwell_core::Account::BountyPool)
+                .unwrap_or(Tokens::ZERO),
+            alive: (0..m.n_agents() as u32)
+                .filter(|&i| matches!(m.life(AgentId(i)), Some(Life::Alive)))
+                .count(),
+        };
+        if let Ok(mut g) = self.shared.market.lock() {
+            *g = view;
+        }
+        if full {
+            self.refresh_agents();
+        }
+    }
+
+    fn events(&self, r: &maxwell_node::TickReport) {
+        if self.shared.events.receiver_count() == 0 {
+            return;
+        }
+        let winners: Vec<String> = r
+            .winners
+            .iter()
+            .filter_map(|w| self.roster.get(w.0 as usize).map(|x| x.name.clone()))
+            .collect();
+        self.emit(
+            r.tick,
+            "clearing",
+            None,
+            format!(
+                "supply {} price {} winners [{}] {:.1} C {:.1} W",
+                r.supply,
+                r.price,
+                winners.join(", "),
+                f64::from(r.temperature.0) / 1000.0,
+                r.power.0 as f64 / 1000.0
+            ),
+        );
+        for d in &r.deaths {
+            self.emit(r.tick, "death", Some(&d.name), d.cause.clone());
+        }
+        if r.audits.0 > 0 {
+            self.emit(
+                r.tick,
+                "audit",
+                None,
+                format!("{} claims passed their audit", r.audits.0),
+            );
+        }
+        if r.audits.1 > 0 {
+            self.emit(
+                r.tick,
+                "slash",
+                None,
+                format!("{} claims failed their audit and were fined", r.audits.1),
+            );
+        }
+    }
+
+    /// Runs until `shared.stop`; then freezes every agent and returns (every tick is already
+    /// in the ledger).
+    pub fn run(mut self, ops: Receiver<Op>) -> anyhow::Result<()> {
+        let quantum = Duration::from_nanos(self.config.tick.0);
+        let start = Instant::now();
+        let mut n: u32 = 0;
+        let mut ops_open = true;
+        self.refresh_agents();
+        loop {
+            n = n.wrapping_add(1);
+            let deadline = start + quantum * n;
+            let now = Instant::now();
+            if let Some(wait) = deadline.checked_duration_since(now) {
+                std::thread::sleep(wait);
+            }
+            let began = Instant::now();
+            let late = began.saturating_duration_since(deadline).as_micros() as u64;
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let mut changed = false;
+            while ops_open {
+                match ops.try_recv() {
+                    Ok(op) => {
+                        self.apply(op);
+                        changed = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => ops_open = false,
+                }
+            }
+            let report = self.node.tick(Nanos(start.elapsed().as_nanos() as u64))?;
+            for d in &report.deaths {
+                tracing::info!(agent = %d.name, cause = %d.cause, tick = d.tick, "apoptosis");
+            }
+            self.events(&report);
+            self.publish(&report, changed || n.is_multiple_of(10) || !report.deaths.is_empty());
+            let work = began.elapsed().as_micros() as u64;
+            self.record(late, work);
+            // A tick that overran by more than a quantum does not try to catch up.
+            if began.elapsed() > quantum {
+                n = ((start.elapsed().as_nanos() / quantum.as_nanos().max(1)) as u32).max(n);
+            }
+        }
+        self.node.freeze_all();
+        let _ = save_roster(&self.data, &self.roster);
+        tracing::info!(
+            tick = self.node.market().tick_count(),
+            "stopped: agents frozen, ledger committed"
+        );
+        Ok(())
+    }
+
+    fn record(&mut self, late: u64, work: u64) {
+        self.late.push_back(late);
+        self.work.push_back(work);
+        if self.late.len() > 1000 {
+            self.late.pop_front();
+            self.work.pop_front();
+        }
+        let pct = |v: &VecDeque<u64>, p: f64| {
+            let mut s: Vec<u64> = v.iter().copied().collect();
+            s.sort_unstable();
+            s.get(((s.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        if let Ok(mut g) = self.shared.stats.lock() {
+            g.ticks += 1;
+            // Percentiles are recomputed every 100 ticks (sorting 1,000 numbers each tick
+            // would cost more than the tick itself with idle agents).
+            if g.ticks.is_multiple_of(100) || g.ticks < 100 {
+                g.late_p50_us = pct(&self.late, 0.5);
+                g.late_p99_us = pct(&self.late, 0.99);
+                g.late_max_us = self.late.iter().copied().max().unwrap_or(0);
+                g.work_p99_us = pct(&self.work, 0.99);
+            }
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! # maxwell-daemon: the node as a service
+//!
+//! [`run`] opens the data directory (ledger, node key, roster), starts the tick loop on its own
+//! OS thread ([`engine`]) and serves the HTTP/JSON API ([`api`]) on a Unix socket, and
+//! optionally on TCP behind a bearer token. SIGTERM or SIGINT freezes every agent, lets the last
+//! tick commit, and exits; the next start resumes wallets, deaths and claimed work from the
+//! ledger and restarts the living agents' programs.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod engine;
+mod metrics;
+pub mod sign;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{broadcast, oneshot};
+
+use maxwell_ledger::Ledger;
+use maxwell_node::Node;
+use maxwell_physics::{ModelParams, Physics};
+use maxwell_sandbox::Sandbox;
+
+use crate::api::{ErrorBody, FundRequest, NodeInfo, SpawnRequest};
+use crate::config::{Backend, Config};
+use crate::engine::{ApiError, Engine, Op, Shared};
+
+/// Where the daemon keeps its state and listens.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Data directory (ledger.db, node.key, agents.json, maxwell.sock).
+    pub data_dir: PathBuf,
+    /// The configuration.
+    pub config: Config,
+}
+
+/// The socket a daemon with this data directory and configuration listens on.
+pub fn socket_path(data_dir: &Path, config: &Config) -> PathBuf {
+    config
+        .socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join("maxwell.sock"))
+}
+
+#[derive(Clone)]
+struct App {
+    sandbox: Arc<dyn Sandbox>,
+    config: Arc<Config>,
+    ops: Arc<Mutex<Sender<Op>>>,
+    shared: Arc<Shared>,
+    info: Arc<NodeInfo>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl App {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Op,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .lock()
+            .map_err(|_| ApiError::new(503, "the tick loop is gone"))?
+            .send(make(tx))
+            .map_err(|_| ApiError::new(503, "the daemon is stopping"))?;
+        rx.await
+            .map_err(|_| ApiError::new(503, "the daemon is stopping"))?
+    }
+}
+
+/// JSON bodies that fail to parse get a 400 naming the problem (axum's rejection text).
+fn body<T>(r: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(t)| t)
+        .map_err(|e| ApiError::new(400, format!("bad request body: {}", e.body_text())))
+}
+
+async fn spawn_agent(
+    State(app): State<App>,
+    req: Result<Json<SpawnRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<api::AgentView>), ApiError> {
+    let req = body(req)?;
+    let spec = engine::spec_of(
+        &req.name,
+        &req.program,
+        req.memory_max.unwrap_or(app.config.agents.memory_max),
+        app.config.agents.pids_max,
+    )?;
+    // Compiling a module takes a while: never on the tick thread.
+    let sandbox = app.sandbox.clone();
+    let agent = tokio::task::spawn_blocking(move || sandbox.spawn(&spec))
+        .await
+        .map_err(|e| ApiError::new(500, format!("spawning: {e}")))?
+        .map_err(|e| ApiError::new(422, format!("cannot start {}: {e}", req.name)))?;
+    let v = app.ask(|tx| Op::Spawn(Box::new(req), agent, tx)).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn kill_agent(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<(StatusCode, Json<api::AgentView>), ApiError> {
+    let v = app.ask(|tx| Op::Kill(name, tx)).await?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+async fn fund(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    req: Result<Json<FundRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<api::WalletView>, ApiError> {
+    let req = body(req).map_err(|e| {
+        ApiError::new(
+            e.status,
+            format!(
+                "{}; funding must be signed by the wallet's owner (amount, nonce, owner, signature)",
+                e.message
+            ),
+        )
+    })?;
+    Ok(Json(app.ask(|tx| Op::Fund(name, req, tx)).await?))
+}
+
+async fn wallet(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<api::WalletView>, ApiError> {
+    Ok(Json(app.ask(|tx| Op::Wallet(name, tx)).await?))
+}
+
+async fn agents(State(app): State<App>) -> Json<Vec<api::AgentView>> {
+    Json(
+        app.shared
+            .agents
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default(),
+    )
+}
+
+async fn market(State(app): State<App>) -> Json<api::MarketView> {
+    Json(
+        app.shared
+            .market
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default(),
+    )
+}
+
+async fn stats(State(app): State<App>) -> Json<api::Stats> {
+    Json(
+        app.shared
+            .stats
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default(),
+    )
+}
+
+async fn node(State(app): State<App>) -> Json<NodeInfo> {
+    Json((*app.info).clone())
+}
+
+async fn events(
+    State(app): State<App>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let rx = app.shared.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = match rx.recv().await {
+            Ok(e) => SseEvent::default()
+                .event(e.kind.clone())
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+            // A slow reader skips what it missed and says so.
+            Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}")),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(ev), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn prometheus(State(app): State<App>) -> Response {
+    let m = app
+        .shared
+        .market
+        .lock()
+        .map(|g| g.clone())
+        .unwrap_or_default();
+    let a = app
+        .shared
+        .agents
+        .lock()
+        .map(|g| g.clone())
+        .unwrap_or_default();
+    match metrics::render(&m, &a) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(500, format!("metrics: {e}")).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "no such endpoint; see the API table in crates/maxwell-daemon/src/api.rs (GET /v1/market, /v1/agents, ...)",
+    )
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/node", get(node))
+        .route("/v1/market", get(market))
+        .route("/v1/agents", get(agents).post(spawn_agent))
+        .route("/v1/agents/{name}", axum::routing::delete(kill_agent))
+        .route("/v1/wallets/{name}", get(wallet))
+        .route("/v1/wallets/{name}/fund", post(fund))
+        .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(prometheus))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t.as_bytes() == token.as_bytes());
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            401,
+            "TCP requests need \"Authorization: Bearer <token>\" with the token from token_file",
+        )
+        .into_response()
+    }
+}
+
+fn open_sandbox(backend: Backend) -> anyhow::Result<Arc<dyn Sandbox>> {
+    Ok(match backend {
+        Backend::Wasm => Arc::new(maxwell_sandbox::wasm::WasmSandbox::new()?),
+        Backend::Process => Arc::new(maxwell_sandbox::process::ProcessSandbox::new().map_err(
+            |e| anyhow::anyhow!("{e}; set backend = \"wasm\" in the config to run without root"),
+        )?),
+    })
+}
+
+fn read_token(config: &Config, data: &Path) -> anyhow::Result<String> {
+    let path = config
+        .token_file
+        .clone()
+        .unwrap_or_else(|| data.join("token"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; put a token in it or delete it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut bytes = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+            let token = sign::hex(&bytes);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(token.as_bytes())?;
+            tracing::info!(path = %path.display(), "created a bearer token for TCP");
+            Ok(token)
+        }
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u64::from_le_bytes(b)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let data = opts.data_dir.clone();
+    std::fs::create_dir_all(&data)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", data.display()))?;
+    let config = opts.config.clone();
+    let socket = socket_path(&data, &config);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!(
+            "a daemon already listens on {}; stop it first (SIGTERM) or use another --data-dir",
+            socket.display()
+        );
+    }
+    let _ = std::fs::remove_file(&socket);
+
+    let ledger = Ledger::open(&data.join("ledger.db"), &data.join("node.key"))?;
+    let node_key = sign::hex(ledger.public_key().as_bytes());
+    let fresh = ledger.last_tick().is_none();
+    let roster = engine::load_roster(&data)?;
+    let physics = Physics::open(std::path::Path::new("/"), ModelParams::default());
+    let source = physics.energy_source().clone();
+    let mut market_config = maxwell_node::tuned_for(config.market_config(), &physics);
+    market_config.seed = random_seed();
+    let sandbox = open_sandbox(config.backend)?;
+    let backend = match config.backend {
+        Backend::Wasm => "wasm",
+        Backend::Process => "process",
+    }
+    .to_owned();
+    let mut node = if fresh && roster.is_empty() {
+        Node::new(
+            market_config,
+            physics,
+            Box::new(sandbox.clone()),
+            Some(ledger),
+        )?
+    } else {
+        // A built-in scientist restarts where its accepted work ends, not at its first number
+        // (which the ledger would refuse as duplicate work).
+        let mut resume_at = std::collections::BTreeMap::new();
+        for (agent, _, end) in ledger.work_ranges()? {
+            let e = resume_at.entry(agent.0 as usize).or_insert(end);
+            *e = (*e).max(end);
+        }
+        let mut specs = Vec::new();
+        for (i, r) in roster.iter().enumerate() {
+            let mut program = r.program.clone();
+            if program.builtin.as_deref() == Some("scientist")
+                && let Some(&end) = resume_at.get(&i)
+            {
+                program.start = Some(end);
+            }
+            let spec = match engine::spec_of(
+                &r.name,
+                &program,
+                r.memory_max,
+                config.agents.pids_max,
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(agent = %r.name, error = %e.message, "cannot restart this agent; it stays frozen");
+                    None
+                }
+            };
+            specs.push((spec, r.max_bid, r.opening_bid));
+        }
+        let n = Node::restore(
+            market_config,
+            physics,
+            Box::new(sandbox.clone()),
+            ledger,
+            &specs,
+        )?;
+        tracing::info!(
+            tick = n.market().tick_count(),
+            agents = roster.len(),
+            "resumed from the ledger"
+        );
+        n
+    };
+    if fresh {
+        node.fund_bounty_pool(config.market.bounty_pool);
+    }
+    tracing::info!(
+        data = %data.display(),
+        socket = %socket.display(),
+        energy = %source.detail,
+        modelled = source.modelled,
+        backend = %backend,
+        "maxwell daemon starting"
+    );
+
+    let (events, _) = broadcast::channel(4096);
+    let shared = Arc::new(Shared {
+        market: Mutex::new(Default::default()),
+        agents: Mutex::new(Vec::new()),
+        stats: Mutex::new(Default::default()),
+        events,
+        stop: AtomicBool::new(false),
+        node_key: node_key.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let info = NodeInfo {
+        public_key: node_key,
+        backend: backend.clone(),
+        tick_ns: config.tick.0,
+        data_dir: data.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let engine = Engine::new(
+        node,
+        roster,
+        data.clone(),
+        config.clone(),
+        backend,
+        shared.clone(),
+    );
+    let on_exit = shared.clone();
+    let ticker = std::thread::Builder::new()
+        .name("maxwell-tick".into())
+        .spawn(move || {
+            let r = engine.run(rx);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the tick loop failed; stopping");
+            }
+            on_exit.stop.store(true, Ordering::Release);
+            r
+        })?;
+
+    let app = App {
+        sandbox,
+        config: Arc::new(config.clone()),
+        ops: Arc::new(Mutex::new(tx)),
+        shared: shared.clone(),
+        info: Arc::new(info),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let stop = shutdown_signal(shared.clone());
+        let tcp = match &config.tcp {
+            Some(addr) => {
+                let token = Arc::new(read_token(&config, &data)?);
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                tracing::info!(%addr, "TCP API (bearer token)");
+                let r =
+                    router(app.clone()).layer(axum::middleware::from_fn_with_state(token, bearer));
+                let s2 = shared.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(l, r)
+                        .with_graceful_shutdown(wait_stop(s2))
+                        .await
+                }))
+            }
+            None => None,
+        };
+        tracing::info!("API on {}", socket.display());
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(stop)
+            .await?;
+        if let Some(t) = tcp {
+            let _ = t.await;
+        }
+        anyhow::Ok(())
+    });
+    shared.stop.store(true, Ordering::Release);
+    let ticked = ticker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the tick loop panicked"))?;
+    let _ = std::fs::remove_file(&socket);
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    served?;
+    ticked
+}
+
+async fn wait_stop(shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::Acquire) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn shutdown_signal(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers only the tick loop's own failure stops us.
+        wait_stop(shared).await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: freezing agents and stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: freezing agents and stopping"),
+        _ = wait_stop(shared.clone()) => {}
+    }
+    shared.stop.store(true, Ordering::Release);
+}
