@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod daemon_bench;
 mod daemon_cli;
 mod experiment;
 mod ledger;
@@ -147,6 +148,8 @@ enum BenchCommand {
     WasmOverhead(sandbox_bench::OverheadBenchArgs),
     /// Durable ledger throughput: transfers per second committed in tick transactions.
     Ledger(ledger::LedgerBenchArgs),
+    /// The daemon's CPU, tick lateness and memory with 100 idle WASM agents.
+    Daemon(daemon_bench::DaemonBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -183,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Pause(a)) => sandbox_bench::pause(&a),
         Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
+        Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
         Command::Ledger(c) => ledger::run(&c),
         Command::Experiment(a) => experiment::run(&a),
         Command::Daemon(a) => daemon_cli::daemon(&a),

@@ -71,6 +71,13 @@ pub struct MarketConfig {
     pub audit_ppm: u32,
     /// Ticks between insolvency and death. Default 50 (0.5 s at 10 ms).
     pub grace_ticks: u32,
+    /// Rent accrues every tick but is posted to the ledger every `rent_settle_ticks` ticks
+    /// (all on the same tick, so an idle node writes its ledger once a period), and at once when
+    /// the agent cannot cover what it owes or starts dying. Bids are capped by the balance
+    /// minus the rent owed, so accrual never lets an agent spend money it owes. Default 100
+    /// (one second at 10 ms): an idle agent costs the ledger one row a second, not a hundred.
+    /// 1 posts every tick.
+    pub rent_settle_ticks: u32,
     /// Audits awaiting a verdict at most; claims beyond this are refused until verdicts come
     /// in. Default 65_536.
     pub max_pending_audits: usize,
@@ -99,6 +106,7 @@ impl Default for MarketConfig {
             bounty_per_unit: Tokens(2),
             audit_ppm: 20_000,
             grace_ticks: 50,
+            rent_settle_ticks: 100,
             max_pending_audits: 65_536,
             seed: 0,
         }
@@ -240,6 +248,8 @@ pub struct AgentStats {
 #[derive(Debug, Clone)]
 struct AgentState {
     life: Life,
+    /// Rent accrued and not yet posted.
+    rent_due: Tokens,
     max_bid: Tokens,
     requested: Option<Tokens>,
     resident: Bytes,
@@ -476,6 +486,7 @@ impl Market {
                     },
                     None => Life::Alive,
                 },
+                rent_due: Tokens::ZERO,
                 max_bid,
                 requested: None,
                 resident: Bytes(0),
@@ -491,6 +502,7 @@ impl Market {
                     at_tick: tick,
                     cause: Cause::Owner,
                 },
+                rent_due: Tokens::ZERO,
                 max_bid: Tokens::ZERO,
                 requested: None,
                 resident: Bytes(0),
@@ -505,6 +517,12 @@ impl Market {
         Ok(m)
     }
 
+    /// Rent an agent has accrued and not yet posted (see
+    /// [`MarketConfig::rent_settle_ticks`]).
+    pub fn rent_due(&self, agent: AgentId) -> Option<Tokens> {
+        self.agents.get(agent.0 as usize).map(|a| a.rent_due)
+    }
+
     /// The `n` highest standing bids, best first.
     pub fn top_bids(&self, n: usize) -> Vec<Bid> {
         self.book.iter().take(n).collect()
@@ -515,6 +533,7 @@ impl Market {
         let id = self.books.open_agent();
         self.agents.push(AgentState {
             life: Life::Alive,
+            rent_due: Tokens::ZERO,
             max_bid: spec.max_bid,
             requested: None,
             resident: Bytes(0),
@@ -617,7 +636,11 @@ impl Market {
         let a = self.agents.get(agent.0 as usize)?;
         let requested = a.requested?;
         let balance = self.balance(agent)?;
-        Some(requested.min(a.max_bid).min(balance))
+        Some(
+            requested
+                .min(a.max_bid)
+                .min(Tokens(balance.0.saturating_sub(a.rent_due.0))),
+        )
     }
 
     /// Re-prices a standing bid after the balance moved; keeps the bid's age.
@@ -661,6 +684,14 @@ impl Market {
         paid
     }
 
+    /// Posts the rent an agent owes (up to what it has; the rest is forgiven, as it is dying).
+    fn settle_rent(&mut self, batch: &mut LedgerBatch, agent: AgentId) {
+        let due = std::mem::take(&mut self.agents[agent.0 as usize].rent_due);
+        if due > Tokens::ZERO {
+            self.take(batch, agent, due, TransferKind::Rent);
+        }
+    }
+
     /// Charges an agent. Pays in full, or pays everything it has and starts dying.
     fn charge(
         &mut self,
@@ -675,6 +706,8 @@ impl Market {
         }
         let paid = self.take(batch, agent, amount, kind);
         if paid < amount {
+            // What it still owes in rent is paid from whatever is left, before it dies.
+            self.settle_rent(batch, agent);
             let cause = Cause::Insolvent {
                 charge: kind,
                 owed: amount,
@@ -774,6 +807,7 @@ impl Market {
                     return Err(Refusal::BadKillCause);
                 }
                 self.alive(*agent)?;
+                self.settle_rent(batch, *agent);
                 self.begin_dying(*agent, cause.clone());
                 out_dying.push((*agent, cause.clone()));
             }
@@ -871,35 +905,35 @@ impl Market {
             );
         }
 
-        // 3b. Rent from every living agent, frozen or not.
-        for idx in 0..self.agents.len() {
-            let a = &self.agents[idx];
-            if !matches!(a.life, Life::Alive) {
-                continue;
-            }
-            let rent = memory_rent(a.resident, self.config.rent_per_gib, quantum, grid);
-            self.charge(
-                &mut batch,
-                &mut dying,
-                AgentId(idx as u32),
-                rent,
-                TransferKind::Rent,
-            );
-        }
-
-        // 3b'. Idle rent: the machine's static draw this tick, split by resident memory among
-        // the living. The house keeps only what nobody could be billed for.
-        if self.config.idle_rent {
-            let weights: Vec<(AgentId, u64)> = self
-                .agents
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| matches!(a.life, Life::Alive))
-                .map(|(i, a)| (AgentId(i as u32), a.resident.0))
-                .collect();
-            for (agent, energy) in split(input.energy_idle.0.min(input.energy.0), &weights) {
-                let rent = grid.cost(MicroJoules(energy));
-                self.charge(&mut batch, &mut dying, agent, rent, TransferKind::Rent);
+        // 3b. Rent from every living agent, frozen or not: memory rent, plus (with
+        // `idle_rent`) its share of the machine's static draw this tick, split by resident
+        // memory. One transfer per agent; the house keeps only what nobody could be billed for.
+        let living: Vec<(AgentId, u64)> = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a.life, Life::Alive))
+            .map(|(i, a)| (AgentId(i as u32), a.resident.0))
+            .collect();
+        let idle_shares = if self.config.idle_rent {
+            split(input.energy_idle.0.min(input.energy.0), &living)
+        } else {
+            living.iter().map(|(a, _)| (*a, 0)).collect()
+        };
+        let period = u64::from(self.config.rent_settle_ticks.max(1));
+        for ((agent, resident), (_, idle)) in living.iter().zip(&idle_shares) {
+            let rent = memory_rent(Bytes(*resident), self.config.rent_per_gib, quantum, grid);
+            let rent = rent.0.saturating_add(grid.cost(MicroJoules(*idle)).0);
+            let a = &mut self.agents[agent.0 as usize];
+            a.rent_due = Tokens(a.rent_due.0.saturating_add(rent));
+            let due = a.rent_due;
+            let balance = self.balance(*agent).unwrap_or(Tokens::ZERO);
+            if due >= balance || self.tick.is_multiple_of(period) {
+                self.agents[agent.0 as usize].rent_due = Tokens::ZERO;
+                self.charge(&mut batch, &mut dying, *agent, due, TransferKind::Rent);
+            } else if rent > 0 {
+                // The bid is capped by what is not owed.
+                self.rekey(*agent);
             }
         }
 

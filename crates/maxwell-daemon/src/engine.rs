@@ -621,7 +621,10 @@ impl Engine {
                 tracing::info!(agent = %d.name, cause = %d.cause, tick = d.tick, "apoptosis");
             }
             self.events(&report);
-            self.publish(&report, changed || n.is_multiple_of(10) || !report.deaths.is_empty());
+            self.publish(
+                &report,
+                changed || n.is_multiple_of(10) || !report.deaths.is_empty(),
+            );
             let work = began.elapsed().as_micros() as u64;
             self.record(late, work);
             // A tick that overran by more than a quantum does not try to catch up.

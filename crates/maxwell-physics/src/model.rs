@@ -92,7 +92,14 @@ pub struct Model {
     thermal: ThermalRc,
     last: CpuTimes,
     last_power: MilliWatts,
+    /// Time since `/proc/stat` was last read.
+    since_read: Nanos,
 }
+
+/// `/proc/stat` counts in clock ticks (usually 100 Hz), so reading it every 10 ms tick sees
+/// mostly zeros and ones; the model reads it at most this often and holds the power in between
+/// (a lag far below the thermal time constant).
+pub const READ_EVERY: Nanos = Nanos(50_000_000);
 
 impl Model {
     /// Starts the model at the steady state of the current utilisation's idle power.
@@ -104,6 +111,7 @@ impl Model {
             thermal: ThermalRc::new(params.rc, params.rc.steady_state(params.idle)),
             last,
             last_power: params.idle,
+            since_read: Nanos(0),
         })
     }
 
@@ -123,6 +131,13 @@ impl Model {
     /// Advances by `dt`: reads utilisation since the last step and returns the modelled energy
     /// over `dt`. Updates the modelled temperature.
     pub fn step(&mut self, dt: Nanos) -> Result<MicroJoules, SensorReadError> {
+        self.since_read = Nanos(self.since_read.0.saturating_add(dt.0));
+        if self.since_read < READ_EVERY {
+            let power = self.last_power;
+            self.thermal.step(power, dt);
+            return Ok(power.over(dt));
+        }
+        self.since_read = Nanos(0);
         let now = read_cpu_times(&self.root)?;
         let total = now.total.saturating_sub(self.last.total);
         let busy = now.busy.saturating_sub(self.last.busy);
@@ -158,6 +173,7 @@ impl Model {
             thermal: ThermalRc::new(params.rc, params.rc.steady_state(params.idle)),
             last: CpuTimes::default(),
             last_power: params.idle,
+            since_read: Nanos(0),
         }
     }
 }

@@ -65,17 +65,32 @@ impl Default for WasmConfig {
 /// Advances an engine's epoch until dropped.
 struct Ticker {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Agents that want to run; the ticker sleeps while there are none (idle agents cost
+    /// nothing: a paused agent needs no epoch, since `pause` bumps the epoch itself).
+    demand: Arc<(Mutex<usize>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Result<Ticker, SandboxError> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let demand = Arc::new((Mutex::new(0usize), Condvar::new()));
         let flag = stop.clone();
+        let wanted = demand.clone();
         let thread = std::thread::Builder::new()
             .name("maxwell-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    {
+                        let (count, cv) = &*wanted;
+                        let mut g = count.lock().unwrap_or_else(|p| p.into_inner());
+                        while *g == 0 && !flag.load(Ordering::Relaxed) {
+                            g = cv
+                                .wait_timeout(g, Duration::from_millis(100))
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                    }
                     std::thread::sleep(EPOCH);
                     engine.increment_epoch();
                 }
@@ -83,14 +98,27 @@ impl Ticker {
             .map_err(|e| SandboxError::io("starting the epoch thread", e))?;
         Ok(Ticker {
             stop,
+            demand,
             thread: Some(thread),
         })
+    }
+
+    fn want(&self, on: bool) {
+        let (count, cv) = &*self.demand;
+        let mut g = count.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            *g += 1;
+            cv.notify_all();
+        } else {
+            *g = g.saturating_sub(1);
+        }
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.demand.1.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -477,6 +505,7 @@ impl Sandbox for WasmSandbox {
             mailbox,
             thread: Some(thread),
             last_cpu: 0,
+            ticking: false,
         }))
     }
 }
@@ -561,9 +590,20 @@ pub struct WasmAgent {
     mailbox: Arc<Mailbox>,
     thread: Option<JoinHandle<()>>,
     last_cpu: u64,
+    /// Counted in the ticker's demand (it wants to run).
+    ticking: bool,
 }
 
 impl WasmAgent {
+    fn ticking(&mut self, on: bool) {
+        if self.ticking != on {
+            self.ticking = on;
+            if let Some(t) = &self._ticker {
+                t.want(on);
+            }
+        }
+    }
+
     fn exited(&self) -> Option<Exit> {
         let g = self.shared.lock();
         if g.0 == Is::Done { g.1.clone() } else { None }
@@ -629,6 +669,7 @@ impl Agent for WasmAgent {
                 detail: exit.detail,
             });
         }
+        self.ticking(true);
         self.shared.want.store(WANT_RUN, Ordering::Release);
         let _g = self.shared.lock();
         self.shared.cv.notify_all();
@@ -640,6 +681,7 @@ impl Agent for WasmAgent {
             return Ok(());
         }
         self.shared.want.store(WANT_PAUSE, Ordering::Release);
+        self.ticking(false);
         if self.epoch {
             // Bring every store's deadline forward: this agent yields within microseconds; the
             // others' callbacks see no pause request and continue.
@@ -649,6 +691,7 @@ impl Agent for WasmAgent {
     }
 
     fn kill(&mut self, reason: &str) -> Exit {
+        self.ticking(false);
         if let Some(exit) = self.exited() {
             if let Some(t) = self.thread.take() {
                 let _ = t.join();
@@ -693,6 +736,7 @@ impl Agent for WasmAgent {
 
 impl Drop for WasmAgent {
     fn drop(&mut self) {
+        self.ticking(false);
         if self.thread.is_some() {
             self.stop("the agent handle was dropped");
         }

@@ -358,6 +358,8 @@ impl Scenario {
             bounty_per_unit: m.bounty_per_prime,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),
             grace_ticks: u32::try_from(m.grace.0 / m.tick.0.max(1)).unwrap_or(u32::MAX),
+            // The story is told tick by tick: rent is posted as it accrues.
+            rent_settle_ticks: 1,
             max_pending_audits: 65_536,
             seed,
         }

@@ -8,6 +8,7 @@ fn market() -> Market {
         grace_ticks: 2,
         bounty_per_unit: Tokens(4_000),
         audit_ppm: 10_000,
+        rent_settle_ticks: 1,
         ..MarketConfig::default()
     })
     .unwrap()
@@ -431,6 +432,7 @@ fn idle_energy_is_billed_to_the_living_by_resident_memory() {
         let mut m = Market::new(MarketConfig {
             rent_per_gib: MilliWatts(0),
             idle_rent,
+            rent_settle_ticks: 1,
             ..MarketConfig::default()
         })
         .unwrap();
@@ -535,4 +537,69 @@ fn a_restored_market_keeps_wallets_deaths_and_the_tick_count() {
     assert!(matches!(r.life(b), Some(Life::Dead { at_tick: 3, .. })));
     assert_eq!(r.tick(cool(6)).tick, 6);
     r.check_conservation().unwrap();
+}
+
+#[test]
+fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
+    let mut m = Market::new(MarketConfig {
+        rent_per_gib: MilliWatts(0),
+        rent_settle_ticks: 4,
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    let a = m.admit(AgentSpec {
+        max_bid: Tokens(u64::MAX),
+    });
+    let usage = vec![Usage {
+        agent: a,
+        cpu: Nanos(0),
+        resident: Bytes(1 << 20),
+        erased: Bytes(0),
+    }];
+    // 1,000 uJ of idle energy a tick, all of it this agent's.
+    let idle = |t: u64, commands: Vec<Command>| TickInput {
+        commands,
+        usage: usage.clone(),
+        energy: MicroJoules(1_000),
+        energy_idle: MicroJoules(1_000),
+        ..cool(t)
+    };
+    let out = m.tick(idle(
+        1,
+        vec![
+            Command::Fund {
+                agent: a,
+                amount: Tokens(5_500),
+            },
+            Command::Bid {
+                agent: a,
+                price: Tokens(1_000_000),
+            },
+        ],
+    ));
+    let rent_rows = |o: &TickOutcome| {
+        o.batch
+            .transfers
+            .iter()
+            .filter(|t| t.kind == TransferKind::Rent)
+            .count()
+    };
+    assert_eq!(rent_rows(&out), 0);
+    assert_eq!(m.rent_due(a), Some(Tokens(1_000)));
+    // The bid is capped by what is not owed.
+    assert_eq!(m.bid(a).map(|b| b.price), Some(Tokens(4_500)));
+    assert_eq!(rent_rows(&m.tick(idle(2, vec![]))), 0);
+    assert_eq!(rent_rows(&m.tick(idle(3, vec![]))), 0);
+    // Tick 4 is agent 0's phase: the 4,000 owed are posted in one transfer.
+    assert_eq!(rent_rows(&m.tick(idle(4, vec![]))), 1);
+    assert_eq!(m.balance(a), Some(Tokens(1_500)));
+    assert_eq!(m.rent_due(a), Some(Tokens(0)));
+    m.check_conservation().unwrap();
+    // When what it owes reaches what it has, it pays everything and starts dying.
+    assert!(m.tick(idle(5, vec![])).dying.is_empty());
+    let out = m.tick(idle(6, vec![]));
+    assert_eq!(out.dying.len(), 1, "{out:?}");
+    assert_eq!(m.balance(a), Some(Tokens(0)));
+    assert_eq!(m.stats(a).unwrap().spent.rent, Tokens(5_500));
+    m.check_conservation().unwrap();
 }

@@ -1,0 +1,396 @@
+//! The three arms: `plain` (baseline and oracle: the kernel schedules every agent, never
+//! paused) and `maxwell` (the same agents under [`Node`]). Each samples its metrics at 1 Hz and,
+//! at the end, recomputes every accepted claim: only verified ranges count as work.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use maxwell_core::work::{PrimeClaim, verify};
+use maxwell_core::{AgentId, Life, MarketConfig, Nanos, Tokens};
+use maxwell_node::Node;
+use maxwell_physics::{ModelParams, Physics};
+use maxwell_sandbox::{Agent, Message, Sandbox};
+
+use super::manifest::Member;
+use super::metrics::{Row, Second, State};
+
+/// The scheduling period of every arm.
+const QUANTUM: Duration = Duration::from_millis(10);
+/// The highest bid the market accepts from one agent (maxwell arm).
+const MAX_BID: Tokens = Tokens(5_000_000);
+/// The owner's opening bid of every agent (maxwell arm).
+const OPENING_BID: Tokens = Tokens(200_000);
+
+/// One arm of one run, as `summary.json` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Arm {
+    /// `baseline`, `maxwell` or `oracle`.
+    pub name: &'static str,
+    /// Run number, from 1.
+    pub run: u32,
+    /// How long it ran.
+    pub seconds: f64,
+    /// Energy over the arm.
+    pub energy_j: f64,
+    /// Numbers covered by verified claims.
+    pub numbers_sieved: u64,
+    /// Primes counted by verified claims.
+    pub primes: u64,
+    /// Claims that recomputed to the same count and digest.
+    pub claims_verified: u64,
+    /// Claims that did not.
+    pub claims_refuted: u64,
+    /// Verified numbers sieved per joule.
+    pub efficiency: f64,
+    /// Mean power.
+    pub mean_power_w: f64,
+    /// Highest temperature seen.
+    pub max_temperature_c: f64,
+    /// Seconds into the arm at which each agent with `useful = false` died (maxwell arm).
+    pub leech_deaths_s: Vec<f64>,
+    /// The longest quantum (plain arms: one sleep and sample) or tick (maxwell arm: one
+    /// `Node::tick`, ledger commit included). Far above the 10 ms quantum means the arm stalled
+    /// (a slow disk under the ledger's fsync, a busy machine) and its agents ran on
+    /// unsupervised meanwhile.
+    pub longest_tick_ms: f64,
+}
+
+/// What every arm of a run shares.
+pub(super) struct Ctx<'a> {
+    /// Run number, from 1.
+    pub run: u32,
+    /// Runs in all.
+    pub runs: u32,
+    /// Length of the arm.
+    pub duration: Duration,
+    /// No progress bar (the output is JSON).
+    pub quiet: bool,
+    /// Where metrics rows go.
+    pub rows: &'a mut Vec<Row>,
+}
+
+/// Accepts claims that overlap nothing accepted before (per arm), like the node does.
+#[derive(Default)]
+struct Claims {
+    ranges: BTreeMap<u64, u64>,
+    accepted: Vec<PrimeClaim>,
+}
+
+impl Claims {
+    /// Offers a claim; returns the numbers it covers if accepted, else 0.
+    fn offer(&mut self, c: PrimeClaim) -> u64 {
+        let overlaps = c.end <= c.start
+            || self
+                .ranges
+                .range(..c.end)
+                .next_back()
+                .is_some_and(|(_, &end)| end > c.start);
+        if overlaps {
+            return 0;
+        }
+        self.ranges.insert(c.start, c.end);
+        self.accepted.push(c);
+        c.end - c.start
+    }
+}
+
+/// What an arm adds up while it runs.
+struct Tally {
+    longest: Duration,
+    energy: u64,
+    max_temp: i32,
+    claims: Claims,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            longest: Duration::ZERO,
+            energy: 0,
+            max_temp: i32::MIN,
+            claims: Claims::default(),
+        }
+    }
+}
+
+/// The progress bar of one arm on stderr (hidden when stderr is not a terminal, or `quiet`).
+fn bar(ctx: &Ctx<'_>, arm: &str) -> ProgressBar {
+    if ctx.quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(
+        Some(ctx.duration.as_millis() as u64),
+        ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = ProgressStyle::with_template("{prefix:<20} [{bar:30}] {msg}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(format!("{arm} run {}/{}", ctx.run, ctx.runs));
+    pb
+}
+
+/// Moves the bar to `elapsed`.
+fn show(pb: &ProgressBar, elapsed: Duration, total: Duration) {
+    pb.set_position((elapsed.min(total)).as_millis() as u64);
+    pb.set_message(format!("{:>3} / {} s", elapsed.as_secs(), total.as_secs()));
+}
+
+/// Recomputes every accepted claim (on every core: as much work as the arm did) and sums up.
+fn finish(
+    name: &'static str,
+    run: u32,
+    seconds: f64,
+    t: Tally,
+    deaths: Vec<f64>,
+    pb: &ProgressBar,
+) -> Arm {
+    pb.set_message(format!("verifying {} claims", t.claims.accepted.len()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = t.claims.accepted.len().div_ceil(cores).max(1);
+    let parts: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = t
+            .claims
+            .accepted
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut r = (0, 0, 0, 0);
+                    for c in part {
+                        if verify(c) {
+                            r.0 += c.end - c.start;
+                            r.1 += c.count;
+                            r.2 += 1;
+                        } else {
+                            r.3 += 1;
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 0, 0, u64::MAX)))
+            .collect()
+    });
+    let (mut numbers, mut primes, mut ok, mut bad) = (0, 0, 0, 0u64);
+    for p in parts {
+        numbers += p.0;
+        primes += p.1;
+        ok += p.2;
+        bad = bad.saturating_add(p.3);
+    }
+    let energy_j = t.energy as f64 / 1e6;
+    let arm = Arm {
+        name,
+        run,
+        seconds,
+        energy_j,
+        numbers_sieved: numbers,
+        primes,
+        claims_verified: ok,
+        claims_refuted: bad,
+        efficiency: if energy_j > 0.0 {
+            numbers as f64 / energy_j
+        } else {
+            0.0
+        },
+        mean_power_w: if seconds > 0.0 {
+            energy_j / seconds
+        } else {
+            0.0
+        },
+        max_temperature_c: f64::from(t.max_temp) / 1000.0,
+        leech_deaths_s: deaths,
+        longest_tick_ms: t.longest.as_secs_f64() * 1000.0,
+    };
+    pb.finish_with_message(format!(
+        "{seconds:.0} s, {} claims verified, {:.0} numbers/J",
+        arm.claims_verified, arm.efficiency
+    ));
+    arm
+}
+
+/// The plain Linux scheduler: every agent spawned by `sandbox` and resumed, never paused (a
+/// wasm agent runs on its own thread, a process agent in its own thawed cgroup).
+pub(super) fn plain(
+    name: &'static str,
+    sandbox: &dyn Sandbox,
+    agents: &[&Member],
+    ctx: &mut Ctx<'_>,
+) -> anyhow::Result<Arm> {
+    let mut physics = Physics::open(Path::new("/"), ModelParams::default());
+    let mut running: Vec<Box<dyn Agent>> = Vec::new();
+    for m in agents {
+        let a = sandbox.spawn(&m.spec)?;
+        a.inform(m.funds, Tokens(0));
+        running.push(a);
+    }
+    let mut tally = Tally::new();
+    let mut second = Second::new();
+    let pb = bar(ctx, name);
+    physics.sample(Nanos(QUANTUM.as_nanos() as u64));
+    let start = Instant::now();
+    for a in &mut running {
+        a.resume()?;
+    }
+    let mut last_sample = start;
+    let mut temperature = 0;
+    loop {
+        let done = start.elapsed() >= ctx.duration;
+        let mut numbers = 0;
+        if !done {
+            std::thread::sleep(QUANTUM);
+            let now = Instant::now();
+            tally.longest = tally.longest.max(now - last_sample);
+            let r = physics.sample(Nanos((now - last_sample).as_nanos() as u64));
+            last_sample = now;
+            tally.energy += r.energy.0;
+            tally.max_temp = tally.max_temp.max(r.temperature.0);
+            temperature = r.temperature.0;
+            for a in &mut running {
+                for m in a.drain() {
+                    if let Message::Claim(c) = m {
+                        numbers += tally.claims.offer(c);
+                    }
+                }
+            }
+            second.add(r.energy.0, numbers);
+        }
+        let elapsed = start.elapsed();
+        if let Some(c) = second.close(elapsed, done) {
+            ctx.rows.push(Row {
+                arm: name,
+                run: ctx.run,
+                t_s: c.t_s,
+                temperature_c: f64::from(temperature) / 1000.0,
+                power_w: c.power_w,
+                price: None,
+                supply: None,
+                work_rate_claimed: c.work_rate_claimed,
+                agents: None,
+            });
+        }
+        show(&pb, elapsed, ctx.duration);
+        if done {
+            break;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    for a in &mut running {
+        a.kill("experiment arm over");
+        for m in a.drain() {
+            if let Message::Claim(c) = m {
+                tally.claims.offer(c);
+            }
+        }
+    }
+    drop(running);
+    Ok(finish(name, ctx.run, seconds, tally, Vec::new(), &pb))
+}
+
+/// What the maxwell arm returns beside its [`Arm`].
+pub(super) struct MaxwellEnd {
+    /// The arm.
+    pub arm: Arm,
+    /// Agents with `useful = false` still alive at the end.
+    pub leeches_alive: u32,
+}
+
+/// The market: the same agents under the node, with a ledger at `ledger`.
+pub(super) fn maxwell(
+    sandbox: Box<dyn Sandbox>,
+    agents: &[Member],
+    ledger: &Path,
+    key: &Path,
+    ctx: &mut Ctx<'_>,
+) -> anyhow::Result<MaxwellEnd> {
+    let ledger = maxwell_ledger::Ledger::open(ledger, key)?;
+    let physics = Physics::open(Path::new("/"), ModelParams::default());
+    let config = maxwell_node::tuned_for(MarketConfig::default(), &physics);
+    let mut node = Node::new(config, physics, sandbox, Some(ledger))?;
+    let mut ids: Vec<AgentId> = Vec::new();
+    let mut leeches = Vec::new();
+    for m in agents {
+        let id = node.spawn(&m.spec, m.funds, MAX_BID, OPENING_BID)?;
+        ids.push(id);
+        if !m.useful {
+            leeches.push(id);
+        }
+    }
+    node.fund_bounty_pool(Tokens::joules(1_000_000));
+    let mut tally = Tally::new();
+    let mut second = Second::new();
+    let mut deaths = Vec::new();
+    let pb = bar(ctx, "maxwell");
+    let start = Instant::now();
+    let mut report = node.tick(Nanos(0))?;
+    let mut tick = 0u32;
+    loop {
+        let done = start.elapsed() >= ctx.duration;
+        if !done {
+            tick += 1;
+            if let Some(wait) = (start + QUANTUM * tick).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let before = Instant::now();
+            report = node.tick(Nanos(start.elapsed().as_nanos() as u64))?;
+            tally.longest = tally.longest.max(before.elapsed());
+            tally.energy += report.energy.0;
+            tally.max_temp = tally.max_temp.max(report.temperature.0);
+            let mut numbers = 0;
+            for (_, c) in &report.claims {
+                numbers += tally.claims.offer(*c);
+            }
+            for d in &report.deaths {
+                if leeches.contains(&d.agent) {
+                    deaths.push(start.elapsed().as_secs_f64());
+                }
+            }
+            second.add(report.energy.0, numbers);
+        }
+        let elapsed = start.elapsed();
+        if let Some(c) = second.close(elapsed, done) {
+            let market = node.market();
+            let states = ids
+                .iter()
+                .map(|&id| {
+                    let state = match market.life(id) {
+                        Some(Life::Alive) if report.winners.contains(&id) => State::Running,
+                        Some(Life::Alive) => State::Frozen,
+                        Some(Life::Dying { .. }) => State::Dying,
+                        Some(Life::Dead { .. }) | None => State::Dead,
+                    };
+                    (market.balance(id).unwrap_or(Tokens(0)), state)
+                })
+                .collect();
+            ctx.rows.push(Row {
+                arm: "maxwell",
+                run: ctx.run,
+                t_s: c.t_s,
+                temperature_c: f64::from(report.temperature.0) / 1000.0,
+                power_w: c.power_w,
+                price: Some(report.price),
+                supply: Some(report.supply),
+                work_rate_claimed: c.work_rate_claimed,
+                agents: Some(states),
+            });
+        }
+        show(&pb, elapsed, ctx.duration);
+        if done {
+            break;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    node.freeze_all();
+    drop(node);
+    let leeches_alive = leeches.len().saturating_sub(deaths.len()) as u32;
+    Ok(MaxwellEnd {
+        arm: finish("maxwell", ctx.run, seconds, tally, deaths, &pb),
+        leeches_alive,
+    })
+}
