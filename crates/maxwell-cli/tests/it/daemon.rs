@@ -299,3 +299,115 @@ fn a_malformed_config_is_refused_before_anything_starts() {
     assert!(stdout(&p).contains("[market]"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
+    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Daemon::start(&dir);
+    for (name, builtin) in [
+        ("sci", "scientist"),
+        ("sci2", "scientist"),
+        ("leech", "leech"),
+    ] {
+        let o = d.cli(&[
+            "agents",
+            "spawn",
+            name,
+            "--builtin",
+            builtin,
+            "--fund",
+            "1000 JOULE",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut d = Some(d);
+    // A xorshift over the pid: different moments on every run, no extra dependency.
+    let mut x = u64::from(std::process::id()) | 1;
+    for round in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(150 + x % 700));
+        let mut daemon = d.take().unwrap();
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        drop(daemon);
+        let v = maxwell(
+            &[
+                "ledger",
+                "verify",
+                "--db",
+                dir.join("ledger.db").to_str().unwrap(),
+            ],
+            "",
+        );
+        assert_eq!(v.status.code(), Some(0), "round {round}: {}", stdout(&v));
+        // The stale socket of a killed daemon does not stop the next one.
+        let next = Daemon::start(&dir);
+        let list = next.agents();
+        assert_eq!(list.len(), 3, "round {round}: {list:?}");
+        d = Some(next);
+    }
+    let (code, log) = d.take().unwrap().stop();
+    assert_eq!(code, 0, "{log}");
+    let v = maxwell(
+        &[
+            "ledger",
+            "verify",
+            "--db",
+            dir.join("ledger.db").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tcp_needs_the_bearer_token() {
+    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-tcp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = 20_000 + std::process::id() % 20_000;
+    let cfg = dir.join("tcp.toml");
+    std::fs::write(&cfg, format!("tcp = \"127.0.0.1:{port}\"\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_maxwell"))
+        .args(["daemon", "--config", cfg.to_str().unwrap(), "--data-dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        dir: dir.clone(),
+    };
+    let get = |auth: Option<&str>| -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
+        let header = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(s, "GET /v1/market HTTP/1.0\r\nHost: x\r\n{header}\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        Some((out[9..12].parse().unwrap(), out))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        if let Some(r) = get(None) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no TCP listener");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(refused.0, 401, "{}", refused.1);
+    assert!(refused.1.contains("Bearer"), "{}", refused.1);
+    assert_eq!(get(Some("wrong")).unwrap().0, 401);
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let (status, body) = get(Some(token.trim())).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"tick\""), "{body}");
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
