@@ -55,15 +55,16 @@ pub(crate) struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn client(&self) -> Client {
-        Client::new(
-            &self
-                .socket
-                .clone()
-                .unwrap_or_else(|| self.data.dir().join("maxwell.sock")),
-        )
+    /// The daemon's socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data.dir().join("maxwell.sock"))
     }
-    fn key(&self) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    pub(crate) fn client(&self) -> Client {
+        Client::new(&self.socket())
+    }
+    pub(crate) fn key(&self) -> anyhow::Result<ed25519_dalek::SigningKey> {
         let path = self
             .key
             .clone()
@@ -308,7 +309,7 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
-async fn fund(
+pub(crate) async fn fund(
     client: &Client,
     key: &ed25519_dalek::SigningKey,
     name: &str,

@@ -15,6 +15,7 @@ mod ledger;
 mod sandbox_bench;
 mod sensors;
 mod simulate;
+mod top;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -83,6 +84,8 @@ enum Command {
     Wallet(daemon_cli::WalletCommand),
     /// The daemon's market: price, supply, reserve, top of the book, temperature, power.
     Market(daemon_cli::MarketArgs),
+    /// The live dashboard: market, heat, wallets, agents and events of a running daemon.
+    Top(top::TopArgs),
     /// Follow the daemon's events (clearings, deaths, audits, slashes) as JSON lines.
     Events(daemon_cli::EventsArgs),
     /// Scientist vs Leech with real WASM agents: plain Linux scheduler, Maxwell, oracle.
@@ -194,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Wallet(c) => daemon_cli::wallet(&c),
         Command::Market(a) => daemon_cli::market(&a),
         Command::Events(a) => daemon_cli::events(&a),
+        Command::Top(a) => top::top(&a),
     }
 }
 

@@ -205,6 +205,8 @@ async fn events(
         };
         Some((Ok(ev), rx))
     });
+    // Streams end when the daemon stops, or a graceful shutdown would wait for them forever.
+    let stream = futures_util::StreamExt::take_until(stream, wait_stop(app.shared.clone()));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -488,9 +490,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!("API on {}", socket.display());
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(stop)
-            .await?;
+        let serve = axum::serve(listener, router(app)).with_graceful_shutdown(stop);
+        // A client that keeps its connection open cannot hold the daemon up: three seconds
+        // after the stop, the server is dropped with whatever is still open.
+        let grace = {
+            let s = shared.clone();
+            async move {
+                wait_stop(s).await;
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+        };
+        tokio::select! {
+            r = serve => r?,
+            () = grace => tracing::warn!("clients still connected after 3 s; closing anyway"),
+        }
         if let Some(t) = tcp {
             let _ = t.await;
         }

@@ -11,13 +11,13 @@ use serde_json::Value;
 
 use crate::{maxwell, stderr, stdout};
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> Daemon {
+    pub fn start(dir: &Path) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_maxwell"))
             .args(["daemon", "--data-dir", dir.to_str().unwrap()])
             .stdin(Stdio::null())
@@ -38,7 +38,7 @@ impl Daemon {
     }
 
     /// SIGTERM, and the exit status and log.
-    fn stop(mut self) -> (i32, String) {
+    pub fn stop(mut self) -> (i32, String) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -55,7 +55,7 @@ impl Daemon {
         (status.code().unwrap_or(-1), log)
     }
 
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut v: Vec<&str> = args.to_vec();
         v.extend(["--data-dir", self.dir.to_str().unwrap()]);
         maxwell(&v, "")
@@ -77,7 +77,7 @@ impl Daemon {
         (status, body)
     }
 
-    fn agents(&self) -> Vec<Value> {
+    pub fn agents(&self) -> Vec<Value> {
         let o = self.cli(&["agents", "list", "--json"]);
         assert!(o.status.success(), "{}", stderr(&o));
         serde_json::from_str(&stdout(&o)).unwrap()

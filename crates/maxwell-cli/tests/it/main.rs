@@ -9,6 +9,7 @@ mod ledger;
 mod sandbox;
 mod sensors;
 mod simulate;
+mod top;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,117 @@
+//! `maxwell top` end to end: the real dashboard in a tmux pane against a live daemon.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::daemon::Daemon;
+use crate::stderr;
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux").args(args).output().unwrap()
+}
+
+fn capture(session: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).into_owned()
+}
+
+fn wait_screen(session: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let screen = capture(session);
+        if ok(&screen) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("MAXWELL_REQUIRE_ROOT_TESTS").is_none(),
+            "tmux is required here (CI installs it)"
+        );
+        eprintln!("skipped: tmux is not installed (apt install tmux)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("maxwell-it-top-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Daemon::start(&dir);
+    for (name, builtin, funds) in [
+        ("sci", "scientist", "1000 JOULE"),
+        ("leech", "leech", "10 JOULE"),
+    ] {
+        let o = d.cli(&[
+            "agents",
+            "spawn",
+            name,
+            "--builtin",
+            builtin,
+            "--fund",
+            funds,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let session = format!("maxwell-top-{}", std::process::id());
+    let cmd = format!(
+        "{} top --data-dir {}",
+        env!("CARGO_BIN_EXE_maxwell"),
+        dir.display()
+    );
+    let o = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let screen = wait_screen(&session, "the panels and the leech's death", |s| {
+        s.contains("market")
+            && s.contains("last 60 s")
+            && s.contains("wallets")
+            && s.contains("events")
+            && s.contains("(modelled)")
+            && s.contains("death")
+            && s.lines().any(|l| l.contains("leech") && l.contains("dead"))
+    });
+    assert!(screen.contains("sci"), "{screen}");
+
+    // Too small: it says so; resized back: it draws again.
+    tmux(&["resize-window", "-t", &session, "-x", "60", "-y", "15"]);
+    wait_screen(&session, "the too-small notice", |s| {
+        s.contains("too small")
+    });
+    tmux(&["resize-window", "-t", &session, "-x", "120", "-y", "40"]);
+    wait_screen(&session, "the redraw", |s| s.contains("wallets"));
+
+    // The daemon goes away and comes back: top says so and reconnects.
+    let dir2 = d.dir.clone();
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    wait_screen(&session, "the unreachable notice", |s| {
+        s.contains("unreachable")
+    });
+    let d = Daemon::start(&dir2);
+    wait_screen(&session, "the reconnection", |s| s.contains("reconnected"));
+
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+    let _ = std::fs::remove_dir_all(&dir2);
+}
