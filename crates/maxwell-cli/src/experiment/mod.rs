@@ -81,8 +81,13 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Print the summary as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tui")]
     json: bool,
+    /// Watch it live instead: a daemon hosts the same agents for `--duration` (default here
+    /// 30s) in the `maxwell top` dashboard, ending on a summary screen. The three-arm
+    /// comparison is the demo without `--tui`.
+    #[arg(long)]
+    tui: bool,
 }
 
 /// Runs the demo: 4 scientists and 4 leeches, every arm `--duration` long.
@@ -91,6 +96,15 @@ pub(crate) fn demo(a: &DemoArgs) -> anyhow::Result<Exit> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::ledger::default_data_dir);
+    if a.tui {
+        // 15 s is the default per arm; live, one 30 s act shows more.
+        let d = if a.duration.0 == 15_000_000_000 {
+            30_000_000_000
+        } else {
+            a.duration.0
+        };
+        return crate::top::demo(std::time::Duration::from_nanos(d), &data);
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -260,3 +260,197 @@ pub(crate) fn top(a: &TopArgs) -> anyhow::Result<Exit> {
     )?;
     Ok(Exit::Success)
 }
+
+/// Stops the demo's daemon on every way out.
+struct DaemonChild(std::process::Child);
+
+impl Drop for DaemonChild {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo's cast, as the experiment has it: leeches first, then alternating.
+fn cast() -> Vec<(String, &'static str, Option<u64>)> {
+    let mut v = Vec::new();
+    for i in 0..4u64 {
+        v.push((format!("leech-{i}"), "leech", None));
+        v.push((
+            format!("scientist-{i}"),
+            "scientist",
+            Some(1_000_000_000 + i * 10_000_000_000),
+        ));
+    }
+    v
+}
+
+/// `maxwell demo --tui`: a daemon on a fresh data directory hosts 4 scientists and 4 leeches
+/// for `duration`, live in the dashboard; then a summary screen.
+pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result<Exit> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("maxwell demo --tui needs a terminal; run `maxwell demo` for the report");
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = data.join("reports").join(format!("demo-tui-{stamp}"));
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["daemon", "--data-dir"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let daemon = DaemonChild(child);
+    let client = Client::new(&dir.join("maxwell.sock"));
+    let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let node: maxwell_daemon::api::NodeInfo = loop {
+            match client.call("GET", "/v1/node", None::<&()>).await {
+                Ok(n) => break n,
+                Err(e) if Instant::now() > deadline => {
+                    anyhow::bail!(
+                        "the demo's daemon did not start ({e}); see {}",
+                        dir.join("daemon.log").display()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        for (name, builtin, start) in cast() {
+            let req = maxwell_daemon::api::SpawnRequest {
+                name: name.clone(),
+                program: maxwell_daemon::api::ProgramRef {
+                    builtin: Some(builtin.into()),
+                    start,
+                    ..Default::default()
+                },
+                owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
+                max_bid: None,
+                opening_bid: None,
+                memory_max: None,
+                fund: Some(maxwell_daemon::sign::sign_fund(
+                    &key,
+                    &node.public_key,
+                    &name,
+                    Tokens::joules(10),
+                    1,
+                )),
+            };
+            let _: AgentView = client.call("POST", "/v1/agents", Some(&req)).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    drop(rt);
+    let (rx, tx) = poller(client, Some(key))?;
+    let start = Instant::now();
+    let mut s = State::new(dir.join("maxwell.sock").display().to_string());
+    s.message = Some(format!(
+        "demo: 4 scientists and 4 leeches, {} s; watch the wallets",
+        duration.as_secs()
+    ));
+    let s = run_ui(s, rx, tx, |s| {
+        let left = duration.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            if s.summary.is_none() {
+                s.summary = Some(summary(s, start.elapsed(), &dir));
+            }
+            return true;
+        }
+        if s.mode == Mode::Normal && s.message.as_deref().is_none_or(|m| m.starts_with("demo:")) {
+            s.message = Some(format!(
+                "demo: {} s left; watch the wallets",
+                left.as_secs()
+            ));
+        }
+        false
+    })?;
+    drop(daemon);
+    if let Some(lines) = &s.summary {
+        crate::write_out(&(lines.join("\n") + "\n"))?;
+    }
+    Ok(Exit::Success)
+}
+
+/// The summary screen: who died when, who lives, work per joule of the live run.
+fn summary(s: &State, elapsed: Duration, dir: &std::path::Path) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "Scientist vs Leech, live for {:.0} s on this machine (WASM agents)",
+            elapsed.as_secs_f64()
+        ),
+        String::new(),
+    ];
+    let dead_leeches: Vec<String> = s
+        .events
+        .iter()
+        .filter(|e| e.kind == "death" && e.agent.as_deref().is_some_and(|a| a.starts_with("leech")))
+        .map(|e| {
+            format!(
+                "{} at {:.1} s",
+                e.agent.clone().unwrap_or_default(),
+                e.tick as f64 / 100.0
+            )
+        })
+        .collect();
+    let leeches = s
+        .agents
+        .iter()
+        .filter(|a| a.name.starts_with("leech"))
+        .count();
+    lines.push(format!(
+        "leeches dead: {} of {leeches}  ({})",
+        dead_leeches.len(),
+        dead_leeches.join(", ")
+    ));
+    for a in s.agents.iter().filter(|a| a.name.starts_with("scientist")) {
+        lines.push(format!(
+            "{:<12} {:<8} balance {:>10.3} J  work {:>12} primes  {:>6.1} CPU s{}",
+            a.name,
+            a.state,
+            a.balance.0 as f64 / 1e6,
+            a.work,
+            a.cpu_s,
+            a.cause
+                .as_ref()
+                .map_or(String::new(), |c| format!("  ({c})"))
+        ));
+    }
+    if let Some(m) = &s.market {
+        let work: u64 = s.agents.iter().map(|a| a.work).sum();
+        lines.push(String::new());
+        lines.push(format!(
+            "energy {:.1} J{}; paid work {work} primes, {:.0} primes per joule",
+            m.energy_j,
+            if m.modelled { " (modelled)" } else { "" },
+            if m.energy_j > 0.0 {
+                work as f64 / m.energy_j
+            } else {
+                0.0
+            }
+        ));
+        lines.push(format!(
+            "last price {:.3} J per slot, die {:.1} C",
+            m.price.0 as f64 / 1e6,
+            m.temperature_c
+        ));
+    }
+    lines.push(String::new());
+    lines.push(format!(
+        "ledger: {} (maxwell ledger verify --db ...)",
+        dir.join("ledger.db").display()
+    ));
+    lines
+        .push("the comparison with the plain Linux scheduler: maxwell demo (without --tui)".into());
+    lines
+}

@@ -304,12 +304,12 @@ pub fn events_panel(f: &mut Frame<'_>, area: Rect, s: &State) {
 /// Keys and the link.
 pub fn footer_line(f: &mut Frame<'_>, area: Rect, s: &State) {
     let link = match &s.link {
-        Link::Up => Span::styled(
-            format!("connected to {}", s.socket),
-            Style::default().fg(Color::Green),
-        ),
+        Link::Up => Span::styled("connected", Style::default().fg(Color::Green)),
         Link::Down(why) => Span::styled(
-            format!("daemon unreachable ({why}); reconnecting..."),
+            format!(
+                "daemon at {} unreachable ({why}); reconnecting...",
+                s.socket
+            ),
             Style::default().fg(Color::Red),
         ),
     };

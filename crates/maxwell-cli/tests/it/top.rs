@@ -115,3 +115,72 @@ fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
     assert_eq!(code, 0);
     let _ = std::fs::remove_dir_all(&dir2);
 }
+
+#[test]
+fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var_os("MAXWELL_REQUIRE_ROOT_TESTS").is_none(),
+            "tmux is required here"
+        );
+        eprintln!("skipped: tmux is not installed (apt install tmux)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("maxwell-it-demo-tui-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let session = format!("maxwell-demo-tui-{}", std::process::id());
+    let cmd = format!(
+        "{} demo --tui --duration 8s --data-dir {}",
+        env!("CARGO_BIN_EXE_maxwell"),
+        dir.display()
+    );
+    let o = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_screen(&session, "the live dashboard", |s| {
+        s.contains("agents") && s.contains("scientist-0") && s.contains("leech-3")
+    });
+    let screen = wait_screen(&session, "the summary screen", |s| {
+        s.contains("summary (q to quit)")
+    });
+    assert!(screen.contains("leeches dead: 4 of 4"), "{screen}");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("scientist") && l.contains("running")),
+        "{screen}"
+    );
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tmux(&["has-session", "-t", &session]).status.success() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The demo's daemon stopped with it and its ledger verifies.
+    let reports: Vec<_> = std::fs::read_dir(dir.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(reports.len(), 1);
+    assert!(!reports[0].join("maxwell.sock").exists());
+    let v = crate::maxwell(
+        &[
+            "ledger",
+            "verify",
+            "--db",
+            reports[0].join("ledger.db").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", crate::stdout(&v));
+    let _ = std::fs::remove_dir_all(&dir);
+}
