@@ -4,7 +4,7 @@
 //! loop's lateness from `/v1/stats`.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -52,18 +52,6 @@ struct Targets {
     met: bool,
 }
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -94,19 +82,10 @@ pub(crate) fn run(a: &DaemonBenchArgs) -> anyhow::Result<Exit> {
     let dir = std::env::temp_dir().join(format!("maxwell-bench-daemon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["daemon", "--data-dir"])
-        .arg(&dir)
-        .env("MAXWELL_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let guard = Guard(child);
-    let pid = guard.0.id();
+    let daemon = crate::daemon_cli::ChildDaemon::start(&dir, Stdio::inherit())?;
+    let pid = daemon.pid();
     let result = measure(a, &dir, pid);
-    drop(guard);
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     if a.json {
@@ -149,16 +128,7 @@ fn measure(a: &DaemonBenchArgs, dir: &Path, pid: u32) -> anyhow::Result<Report> 
     let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
     let owner = maxwell_daemon::sign::hex(key.verifying_key().as_bytes());
     rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let node: NodeInfo = loop {
-            match client.call("GET", "/v1/node", None::<&()>).await {
-                Ok(n) => break n,
-                Err(e) if Instant::now() > deadline => {
-                    anyhow::bail!("the daemon did not start: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let node: NodeInfo = crate::daemon_cli::wait_ready(&client).await?;
         let show = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
         for i in 0..a.agents {
             let name = format!("idle-{i}");

@@ -414,3 +414,51 @@ pub(crate) fn events(a: &EventsArgs) -> anyhow::Result<Exit> {
         Ok(Exit::Success)
     })
 }
+
+/// A `maxwell daemon` child of this process (the demo's and the benchmark's), stopped with
+/// SIGTERM when dropped, whatever way the caller leaves.
+pub(crate) struct ChildDaemon(std::process::Child);
+
+impl ChildDaemon {
+    /// Starts this binary's daemon on `dir`, its log going to `stderr`.
+    pub(crate) fn start(dir: &Path, stderr: std::process::Stdio) -> anyhow::Result<ChildDaemon> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["daemon", "--data-dir"])
+            .arg(dir)
+            .env("MAXWELL_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        Ok(ChildDaemon(child))
+    }
+
+    /// Its pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 30 s for a daemon to answer, and returns who it is.
+pub(crate) async fn wait_ready(client: &Client) -> anyhow::Result<NodeInfo> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match client.call("GET", "/v1/node", None::<&()>).await {
+            Ok(n) => return Ok(n),
+            Err(e) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("the daemon did not start within 30 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}

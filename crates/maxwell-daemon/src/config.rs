@@ -57,7 +57,7 @@ max_bid = "5 JOULE"
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Tick length.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub tick: Nanos,
     /// API socket (default: in the data directory).
     pub socket: Option<PathBuf>,
@@ -92,25 +92,25 @@ pub struct Market {
     /// Slots per tick.
     pub slots: u32,
     /// Power of a busy slot.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub slot_power: MilliWatts,
     /// Rent per GiB.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub rent_per_gib: MilliWatts,
     /// Idle power billed by memory.
     pub idle_rent: bool,
     /// Landauer inefficiency.
     pub landauer_inefficiency: f64,
     /// Bounty per unit.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub bounty_per_unit: Tokens,
     /// Audit probability.
     pub audit_probability: f64,
     /// Grace period.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub grace: Nanos,
     /// Initial bounty pool.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub bounty_pool: Tokens,
 }
 
@@ -119,15 +119,15 @@ pub struct Market {
 #[serde(deny_unknown_fields, default)]
 pub struct Agents {
     /// Memory cap.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub memory_max: maxwell_core::Bytes,
     /// Process cap.
     pub pids_max: u32,
     /// Opening bid.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub opening_bid: Tokens,
     /// Bid cap.
-    #[serde(with = "text")]
+    #[serde(with = "maxwell_core::units::serde_str")]
     pub max_bid: Tokens,
 }
 
@@ -181,23 +181,6 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong, with the line and the fix.
     pub message: String,
-}
-
-mod text {
-    use std::fmt::Display;
-    use std::str::FromStr;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: FromStr,
-        T::Err: Display,
-    {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl Config {

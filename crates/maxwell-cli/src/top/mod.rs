@@ -261,19 +261,6 @@ pub(crate) fn top(a: &TopArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Stops the demo's daemon on every way out.
-struct DaemonChild(std::process::Child);
-
-impl Drop for DaemonChild {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
 /// The demo's cast, as the experiment has it: leeches first, then alternating.
 fn cast() -> Vec<(String, &'static str, Option<u64>)> {
     let mut v = Vec::new();
@@ -300,33 +287,16 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
     let dir = data.join("reports").join(format!("demo-tui-{stamp}"));
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["daemon", "--data-dir"])
-        .arg(&dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let daemon = DaemonChild(child);
+    let daemon = crate::daemon_cli::ChildDaemon::start(&dir, log.into())?;
     let client = Client::new(&dir.join("maxwell.sock"));
     let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let node: maxwell_daemon::api::NodeInfo = loop {
-            match client.call("GET", "/v1/node", None::<&()>).await {
-                Ok(n) => break n,
-                Err(e) if Instant::now() > deadline => {
-                    anyhow::bail!(
-                        "the demo's daemon did not start ({e}); see {}",
-                        dir.join("daemon.log").display()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let node = crate::daemon_cli::wait_ready(&client)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; see {}", dir.join("daemon.log").display()))?;
         for (name, builtin, start) in cast() {
             let req = maxwell_daemon::api::SpawnRequest {
                 name: name.clone(),

@@ -77,6 +77,27 @@ impl Daemon {
         (status, body)
     }
 
+    /// A well-funded scientist `sci` (enough to outlive a hot machine: the modelled die heats
+    /// with every process on it, test builds included, and alone it pays all 10 W of idle
+    /// rent) and a `leech` with 10 JOULE.
+    pub fn spawn_scientist_and_leech(&self) {
+        for (name, builtin, funds) in [
+            ("sci", "scientist", "1000 JOULE"),
+            ("leech", "leech", "10 JOULE"),
+        ] {
+            let o = self.cli(&[
+                "agents",
+                "spawn",
+                name,
+                "--builtin",
+                builtin,
+                "--fund",
+                funds,
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+    }
+
     pub fn agents(&self) -> Vec<Value> {
         let o = self.cli(&["agents", "list", "--json"]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -129,23 +150,7 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
     });
     std::thread::sleep(Duration::from_millis(300));
 
-    // The scientist gets enough to outlive a hot machine (the modelled die heats with every
-    // process on it, test builds included): alone, it pays all 10 W of idle rent.
-    for (name, builtin, funds) in [
-        ("sci", "scientist", "1000 JOULE"),
-        ("leech", "leech", "10 JOULE"),
-    ] {
-        let o = d.cli(&[
-            "agents",
-            "spawn",
-            name,
-            "--builtin",
-            builtin,
-            "--fund",
-            funds,
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    d.spawn_scientist_and_leech();
     // A duplicate name and an unknown builtin are 4xx with a message.
     let o = d.cli(&["agents", "spawn", "sci", "--builtin", "scientist"]);
     assert_eq!(o.status.code(), Some(1));
@@ -228,16 +233,7 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
         "{log}"
     );
     assert!(!dir2.join("maxwell.sock").exists());
-    let v = maxwell(
-        &[
-            "ledger",
-            "verify",
-            "--db",
-            dir2.join("ledger.db").to_str().unwrap(),
-        ],
-        "",
-    );
-    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+    crate::assert_ledger_verifies(&dir2.join("ledger.db"));
 
     // A restart resumes wallets and deaths from the ledger.
     let d = Daemon::start(&dir2);
@@ -257,16 +253,7 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("resumed from the ledger"), "{log}");
-    let v = maxwell(
-        &[
-            "ledger",
-            "verify",
-            "--db",
-            dir2.join("ledger.db").to_str().unwrap(),
-        ],
-        "",
-    );
-    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+    crate::assert_ledger_verifies(&dir2.join("ledger.db"));
     let _ = std::fs::remove_dir_all(&dir2);
 }
 
@@ -333,16 +320,7 @@ fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
         daemon.child.kill().unwrap();
         daemon.child.wait().unwrap();
         drop(daemon);
-        let v = maxwell(
-            &[
-                "ledger",
-                "verify",
-                "--db",
-                dir.join("ledger.db").to_str().unwrap(),
-            ],
-            "",
-        );
-        assert_eq!(v.status.code(), Some(0), "round {round}: {}", stdout(&v));
+        crate::assert_ledger_verifies(&dir.join("ledger.db"));
         // The stale socket of a killed daemon does not stop the next one.
         let next = Daemon::start(&dir);
         let list = next.agents();
@@ -351,16 +329,7 @@ fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
     }
     let (code, log) = d.take().unwrap().stop();
     assert_eq!(code, 0, "{log}");
-    let v = maxwell(
-        &[
-            "ledger",
-            "verify",
-            "--db",
-            dir.join("ledger.db").to_str().unwrap(),
-        ],
-        "",
-    );
-    assert_eq!(v.status.code(), Some(0), "{}", stdout(&v));
+    crate::assert_ledger_verifies(&dir.join("ledger.db"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -112,16 +112,7 @@ fn a_short_experiment_reports_every_arm_and_writes_its_report() {
         );
     }
 
-    let r = maxwell(
-        &[
-            "ledger",
-            "verify",
-            "--db",
-            out.join("ledger.db").to_str().unwrap(),
-        ],
-        "",
-    );
-    assert_eq!(r.status.code(), Some(0), "{}", stdout(&r));
+    crate::assert_ledger_verifies(&out.join("ledger.db"));
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -41,3 +41,9 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `maxwell ledger verify --db db` must pass.
+pub fn assert_ledger_verifies(db: &std::path::Path) {
+    let v = maxwell(&["ledger", "verify", "--db", db.to_str().unwrap()], "");
+    assert_eq!(v.status.code(), Some(0), "{}: {}", db.display(), stdout(&v));
+}

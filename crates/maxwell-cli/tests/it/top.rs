@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::daemon::Daemon;
-use crate::stderr;
 
 fn tmux(args: &[&str]) -> std::process::Output {
     Command::new("tmux").args(args).output().unwrap()
@@ -29,52 +28,61 @@ fn wait_screen(session: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// Whether tmux runs here; without it the test skips, except where tests must not skip (CI).
+fn have_tmux() -> bool {
+    if Command::new("tmux").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("MAXWELL_REQUIRE_ROOT_TESTS").is_none(),
+        "tmux is required here (.ci/run installs it)"
+    );
+    eprintln!("skipped: tmux is not installed (apt install tmux)");
+    false
+}
+
+/// Runs `cmd` in a new detached 120x40 tmux session.
+fn open(session: &str, cmd: &str) {
+    let o = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        cmd,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Presses q and waits for the session to end.
+fn quit(session: &str) {
+    tmux(&["send-keys", "-t", session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tmux(&["has-session", "-t", session]).status.success() {
+        assert!(Instant::now() < deadline, "q did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("MAXWELL_REQUIRE_ROOT_TESTS").is_none(),
-            "tmux is required here (CI installs it)"
-        );
-        eprintln!("skipped: tmux is not installed (apt install tmux)");
+    if !have_tmux() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("maxwell-it-top-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = Daemon::start(&dir);
-    for (name, builtin, funds) in [
-        ("sci", "scientist", "1000 JOULE"),
-        ("leech", "leech", "10 JOULE"),
-    ] {
-        let o = d.cli(&[
-            "agents",
-            "spawn",
-            name,
-            "--builtin",
-            builtin,
-            "--fund",
-            funds,
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    d.spawn_scientist_and_leech();
     let session = format!("maxwell-top-{}", std::process::id());
     let cmd = format!(
         "{} top --data-dir {}",
         env!("CARGO_BIN_EXE_maxwell"),
         dir.display()
     );
-    let o = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmd,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    open(&session, &cmd);
 
     let screen = wait_screen(&session, "the panels and the leech's death", |s| {
         s.contains("market")
@@ -105,12 +113,7 @@ fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
     let d = Daemon::start(&dir2);
     wait_screen(&session, "the reconnection", |s| s.contains("reconnected"));
 
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(Instant::now() < deadline, "q did not quit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    quit(&session);
     let (code, _) = d.stop();
     assert_eq!(code, 0);
     let _ = std::fs::remove_dir_all(&dir2);
@@ -118,12 +121,7 @@ fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
 
 #[test]
 fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var_os("MAXWELL_REQUIRE_ROOT_TESTS").is_none(),
-            "tmux is required here"
-        );
-        eprintln!("skipped: tmux is not installed (apt install tmux)");
+    if !have_tmux() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("maxwell-it-demo-tui-{}", std::process::id()));
@@ -134,18 +132,7 @@ fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
         env!("CARGO_BIN_EXE_maxwell"),
         dir.display()
     );
-    let o = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmd,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    open(&session, &cmd);
     wait_screen(&session, "the live dashboard", |s| {
         s.contains("agents") && s.contains("scientist-0") && s.contains("leech-3")
     });
@@ -159,12 +146,7 @@ fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
             .any(|l| l.contains("scientist") && l.contains("running")),
         "{screen}"
     );
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(Instant::now() < deadline, "q did not quit");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    quit(&session);
     // The demo's daemon stopped with it and its ledger verifies.
     let reports: Vec<_> = std::fs::read_dir(dir.join("reports"))
         .unwrap()
@@ -172,15 +154,6 @@ fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
         .collect();
     assert_eq!(reports.len(), 1);
     assert!(!reports[0].join("maxwell.sock").exists());
-    let v = crate::maxwell(
-        &[
-            "ledger",
-            "verify",
-            "--db",
-            reports[0].join("ledger.db").to_str().unwrap(),
-        ],
-        "",
-    );
-    assert_eq!(v.status.code(), Some(0), "{}", crate::stdout(&v));
+    crate::assert_ledger_verifies(&reports[0].join("ledger.db"));
     let _ = std::fs::remove_dir_all(&dir);
 }
