@@ -88,7 +88,7 @@ enum Command {
     Top(top::TopArgs),
     /// Follow the daemon's events (clearings, deaths, audits, slashes) as JSON lines.
     Events(daemon_cli::EventsArgs),
-    /// Scientist vs Leech with real WASM agents: plain Linux scheduler, Maxwell, oracle.
+    /// Scientist vs Leech with real agents (WASM or native): plain Linux scheduler, Maxwell, oracle.
     Experiment(experiment::ExperimentArgs),
     /// Run a scenario in the deterministic simulator and tell its story.
     Simulate(SimulateArgs),
