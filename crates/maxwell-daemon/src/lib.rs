@@ -279,9 +279,15 @@ async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> R
 fn open_sandbox(backend: Backend) -> anyhow::Result<Arc<dyn Sandbox>> {
     Ok(match backend {
         Backend::Wasm => Arc::new(maxwell_sandbox::wasm::WasmSandbox::new()?),
-        Backend::Process => Arc::new(maxwell_sandbox::process::ProcessSandbox::new().map_err(
-            |e| anyhow::anyhow!("{e}; set backend = \"wasm\" in the config to run without root"),
-        )?),
+        Backend::Process => {
+            let sb = maxwell_sandbox::process::ProcessSandbox::new().map_err(|e| {
+                anyhow::anyhow!("{e}; set backend = \"wasm\" in the config to run without root")
+            })?;
+            for r in sb.reaped() {
+                tracing::warn!(cgroup = %r, "reaped agents left by a daemon that was killed");
+            }
+            Arc::new(sb)
+        }
     })
 }
 

@@ -622,3 +622,58 @@ fn parents_are_under_the_daemons_own_cgroups() {
         assert!(!p.exists(), "{}", p.display());
     }
 }
+
+#[test]
+fn what_a_killed_daemon_left_behind_is_reaped_by_the_next_one() {
+    let Some((guard, sb)) = sandbox_or_skip(ProcessConfig::default()) else {
+        return;
+    };
+    // A pid that is certainly dead: a child that has exited and been waited for.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    // Its "daemon parent" with one agent cgroup holding a live process, in every hierarchy.
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let mut made = Vec::new();
+    for parent in sb.parent_cgroups() {
+        let own = parent.parent().unwrap();
+        let agent = own.join(format!("maxwell-{dead}")).join("agent-x");
+        std::fs::create_dir_all(&agent).unwrap();
+        std::fs::write(agent.join("cgroup.procs"), orphan.id().to_string()).unwrap();
+        made.push(agent);
+    }
+    // The next sandbox (still under the tests' lock, so no other test reaps first).
+    drop(sb);
+    let next = ProcessSandbox::new();
+    let next = match next {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = orphan.kill();
+            let _ = orphan.wait();
+            panic!("the backend worked a moment ago: {e}");
+        }
+    };
+    drop(guard);
+    assert!(
+        next.reaped()
+            .iter()
+            .any(|r| r.contains(&format!("maxwell-{dead}"))),
+        "{:?}",
+        next.reaped()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orphan.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the orphan was not killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for agent in made {
+        assert!(
+            !agent.parent().unwrap().exists(),
+            "{} is left",
+            agent.display()
+        );
+    }
+}

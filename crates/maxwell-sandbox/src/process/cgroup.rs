@@ -368,6 +368,57 @@ pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Reaps what a Maxwell that died without cleaning up (SIGKILL, a crash) left in `own`: every
+/// `maxwell-<pid>` directory whose process is gone has its agents' processes killed (thawed
+/// first: a v1-frozen task takes SIGKILL only once thawed) and its directories removed. A
+/// directory whose pid is alive is left alone, whoever holds the pid now. Returns a line per
+/// parent reaped.
+pub(crate) fn reap_orphans(own: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(own) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("maxwell-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let parent = e.path();
+        let agents: Vec<PathBuf> = fs::read_dir(&parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|c| c.path())
+            .filter(|c| c.is_dir())
+            .collect();
+        let mut killed = 0;
+        for dir in &agents {
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+            let _ = fs::write(dir.join("cgroup.freeze"), "0");
+            for p in procs(dir) {
+                if kill(Pid::from_raw(p), Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            let _ = remove_dir(dir);
+        }
+        let _ = remove_dir(&parent);
+        out.push(format!(
+            "{}: {} agent cgroups, {killed} processes killed",
+            parent.display(),
+            agents.len()
+        ));
+    }
+    out
+}
+
 /// The pids in a `cgroup.procs` file (empty if it cannot be read).
 pub(crate) fn procs(dir: &Path) -> Vec<i32> {
     fs::read_to_string(dir.join("cgroup.procs"))

@@ -84,6 +84,7 @@ struct Host {
     runtime: Option<PathBuf>,
     inherit_stderr: bool,
     seq: AtomicU64,
+    reaped: Vec<String>,
 }
 
 impl Drop for Host {
@@ -184,7 +185,12 @@ impl ProcessSandbox {
             runtime: None,
             inherit_stderr: config.inherit_stderr,
             seq: AtomicU64::new(0),
+            reaped: Vec::new(),
         };
+        // What a predecessor killed without cleaning up left behind goes first.
+        for (own, _) in layout.v2.iter().chain(layout.v1.values()) {
+            host.reaped.extend(cgroup::reap_orphans(own));
+        }
 
         // cgroup2: enable what we can, create the parent and see what it offers.
         let mut v2_note = String::new();
@@ -259,6 +265,12 @@ impl ProcessSandbox {
         Ok(ProcessSandbox {
             host: Arc::new(host),
         })
+    }
+
+    /// What was reaped at start: parents left by a Maxwell process that died without cleaning
+    /// up, one line each (their processes were killed and their cgroups removed).
+    pub fn reaped(&self) -> &[String] {
+        &self.host.reaped
     }
 
     /// The parent cgroups (`<own>/maxwell-<pid>`), one per hierarchy in use; removed when the
