@@ -333,16 +333,11 @@ fn popup(f: &mut Frame<'_>, area: Rect, title: &str, lines: &[String]) {
         h.min(area.height),
     );
     f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(
-            lines
-                .iter()
-                .map(|l| Line::from(l.clone()))
-                .collect::<Vec<_>>(),
-        )
-        .block(block(title)),
-        r,
-    );
+    f.render_widget(Paragraph::new(text(lines)).block(block(title)), r);
+}
+
+fn text(lines: &[String]) -> Vec<Line<'_>> {
+    lines.iter().map(|l| Line::from(l.as_str())).collect()
 }
 
 fn help_popup(f: &mut Frame<'_>, area: Rect) {
@@ -364,14 +359,9 @@ fn help_popup(f: &mut Frame<'_>, area: Rect) {
 /// The end of `maxwell demo --tui`.
 pub fn summary_panel(f: &mut Frame<'_>, area: Rect, lines: &[String]) {
     f.render_widget(
-        Paragraph::new(
-            lines
-                .iter()
-                .map(|l| Line::from(l.clone()))
-                .collect::<Vec<_>>(),
-        )
-        .block(block("summary (q to quit)"))
-        .wrap(Wrap { trim: false }),
+        Paragraph::new(text(lines))
+            .block(block("summary (q to quit)"))
+            .wrap(Wrap { trim: false }),
         area,
     );
 }

@@ -128,8 +128,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
-    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::fresh_dir("daemon");
     let d = Daemon::start(&dir);
 
     // Events are followed from the start, in the background.
@@ -259,9 +258,7 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
 
 #[test]
 fn a_malformed_config_is_refused_before_anything_starts() {
-    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-cfg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::fresh_dir("daemon-cfg");
     let cfg = dir.join("bad.toml");
     std::fs::write(&cfg, "tick = \"10ms\"\n\n[market]\nslotz = 3\n").unwrap();
     let o = maxwell(
@@ -289,8 +286,7 @@ fn a_malformed_config_is_refused_before_anything_starts() {
 
 #[test]
 fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
-    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::fresh_dir("daemon-kill");
     let d = Daemon::start(&dir);
     for (name, builtin) in [
         ("sci", "scientist"),
@@ -335,9 +331,7 @@ fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
 
 #[test]
 fn tcp_needs_the_bearer_token() {
-    let dir = std::env::temp_dir().join(format!("maxwell-it-daemon-tcp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::fresh_dir("daemon-tcp");
     let port = 20_000 + std::process::id() % 20_000;
     let cfg = dir.join("tcp.toml");
     std::fs::write(&cfg, format!("tcp = \"127.0.0.1:{port}\"\n")).unwrap();

@@ -47,3 +47,11 @@ pub fn assert_ledger_verifies(db: &std::path::Path) {
     let v = maxwell(&["ledger", "verify", "--db", db.to_str().unwrap()], "");
     assert_eq!(v.status.code(), Some(0), "{}: {}", db.display(), stdout(&v));
 }
+
+/// An empty directory for one test, named after it and this process.
+pub fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("maxwell-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

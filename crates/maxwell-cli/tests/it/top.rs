@@ -72,8 +72,7 @@ fn top_shows_the_market_and_a_leech_s_death_and_survives_a_daemon_restart() {
     if !have_tmux() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("maxwell-it-top-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::fresh_dir("top");
     let d = Daemon::start(&dir);
     d.spawn_scientist_and_leech();
     let session = format!("maxwell-top-{}", std::process::id());
@@ -124,8 +123,7 @@ fn demo_tui_ends_on_the_summary_with_the_leeches_dead() {
     if !have_tmux() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("maxwell-it-demo-tui-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::fresh_dir("demo-tui");
     let session = format!("maxwell-demo-tui-{}", std::process::id());
     let cmd = format!(
         "{} demo --tui --duration 8s --data-dir {}",
