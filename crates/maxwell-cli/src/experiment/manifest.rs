@@ -37,7 +37,7 @@ pub(super) enum Builtin {
 
 impl Builtin {
     /// The name of its native program (`agents/src/bin/<name>.rs`).
-    fn program(self) -> &'static str {
+    pub(super) fn program(self) -> &'static str {
         match self {
             Builtin::Scientist => "scientist",
             Builtin::Leech => "leech",

@@ -90,6 +90,22 @@ pub(crate) struct DemoArgs {
     tui: bool,
 }
 
+/// The demo's cast (the default roster, 4 and 4) as built-in agents for a daemon: name, built-in
+/// program and where a scientist starts sieving. `maxwell demo --tui` hosts exactly these.
+pub(crate) fn demo_cast() -> Vec<(String, &'static str, Option<u64>)> {
+    manifest::default_roster(4, 4)
+        .into_iter()
+        .filter_map(|p| match p.source {
+            manifest::Source::Builtin { kind, start } => Some((
+                p.name,
+                kind.program(),
+                (kind == manifest::Builtin::Scientist).then_some(start),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Runs the demo: 4 scientists and 4 leeches, every arm `--duration` long.
 pub(crate) fn demo(a: &DemoArgs) -> anyhow::Result<Exit> {
     let data = a

@@ -261,20 +261,6 @@ pub(crate) fn top(a: &TopArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// The demo's cast, as the experiment has it: leeches first, then alternating.
-fn cast() -> Vec<(String, &'static str, Option<u64>)> {
-    let mut v = Vec::new();
-    for i in 0..4u64 {
-        v.push((format!("leech-{i}"), "leech", None));
-        v.push((
-            format!("scientist-{i}"),
-            "scientist",
-            Some(1_000_000_000 + i * 10_000_000_000),
-        ));
-    }
-    v
-}
-
 /// `maxwell demo --tui`: a daemon on a fresh data directory hosts 4 scientists and 4 leeches
 /// for `duration`, live in the dashboard; then a summary screen.
 pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result<Exit> {
@@ -297,7 +283,7 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
         let node = crate::daemon_cli::wait_ready(&client)
             .await
             .map_err(|e| anyhow::anyhow!("{e}; see {}", dir.join("daemon.log").display()))?;
-        for (name, builtin, start) in cast() {
+        for (name, builtin, start) in crate::experiment::demo_cast() {
             let req = maxwell_daemon::api::SpawnRequest {
                 name: name.clone(),
                 program: maxwell_daemon::api::ProgramRef {

@@ -81,21 +81,22 @@ impl Daemon {
     /// with every process on it, test builds included, and alone it pays all 10 W of idle
     /// rent) and a `leech` with 10 JOULE.
     pub fn spawn_scientist_and_leech(&self) {
-        for (name, builtin, funds) in [
-            ("sci", "scientist", "1000 JOULE"),
-            ("leech", "leech", "10 JOULE"),
-        ] {
-            let o = self.cli(&[
-                "agents",
-                "spawn",
-                name,
-                "--builtin",
-                builtin,
-                "--fund",
-                funds,
-            ]);
-            assert!(o.status.success(), "{}", stderr(&o));
-        }
+        self.spawn("sci", "scientist", "1000 JOULE");
+        self.spawn("leech", "leech", "10 JOULE");
+    }
+
+    /// A built-in agent with opening funds.
+    pub fn spawn(&self, name: &str, builtin: &str, funds: &str) {
+        let o = self.cli(&[
+            "agents",
+            "spawn",
+            name,
+            "--builtin",
+            builtin,
+            "--fund",
+            funds,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
     }
 
     pub fn agents(&self) -> Vec<Value> {
@@ -293,16 +294,7 @@ fn sigkill_at_random_moments_never_breaks_the_ledger_and_a_restart_resumes() {
         ("sci2", "scientist"),
         ("leech", "leech"),
     ] {
-        let o = d.cli(&[
-            "agents",
-            "spawn",
-            name,
-            "--builtin",
-            builtin,
-            "--fund",
-            "1000 JOULE",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        d.spawn(name, builtin, "1000 JOULE");
     }
     let mut d = Some(d);
     // A xorshift over the pid: different moments on every run, no extra dependency.
