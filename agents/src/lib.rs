@@ -5,8 +5,9 @@
 //! (`wasm/`, run by the wasm backend; see docs/wasm-abi.md). The WAT needs no extra rustup
 //! target: wasmtime compiles the text directly.
 //!
-//! - `scientist`: a segmented prime sieve, range after range; claims each range with its count
-//!   and digest, which an audit rechecks with `maxwell_core::work::sieve`.
+//! - `scientist`: a segmented prime sieve over the ranges its host leases to it; claims each
+//!   range with its count and digest, which an audit rechecks with `maxwell_core::work::sieve`;
+//!   bids its measured value per quantum.
 //! - `leech`: hashing and memory churn; claims nothing; bids most of its balance.
 //! - `squatter`: takes memory and idles.
 //! - `liar`: claims ranges it never computed.
@@ -39,15 +40,6 @@ pub fn scientist_bounded(ranges: u64) -> String {
     )
 }
 
-/// The scientist, starting its sieve at `start` (scientists started apart do not duplicate each
-/// other's work; a claim overlapping one already made is refused).
-pub fn scientist_from(start: u64) -> String {
-    SCIENTIST_WAT.replace(
-        "(i64.const 1000000000)) ;; START",
-        &format!("(i64.const {start})) ;; START"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -55,7 +47,5 @@ mod tests {
         let b = super::scientist_bounded(3);
         assert!(b.contains("(i64.const 3)) ;; RANGES"));
         assert_eq!(b.len() + 1, super::SCIENTIST_WAT.len());
-        let f = super::scientist_from(7_000_000_000);
-        assert!(f.contains("(i64.const 7000000000)) ;; START"));
     }
 }

@@ -52,12 +52,8 @@ fn the_four_agents_say_what_they_are() {
     leaks.dirs.extend(s.parent_cgroups());
     let balance = Tokens(1_000_000);
     let mut agents = [
-        s.spawn_process(&spec(
-            "scientist",
-            env!("CARGO_BIN_EXE_scientist"),
-            &["--width", "262144"],
-        ))
-        .unwrap(),
+        s.spawn_process(&spec("scientist", env!("CARGO_BIN_EXE_scientist"), &[]))
+            .unwrap(),
         s.spawn_process(&spec("liar", env!("CARGO_BIN_EXE_liar"), &[]))
             .unwrap(),
         s.spawn_process(&spec("leech", env!("CARGO_BIN_EXE_leech"), &[]))
@@ -69,6 +65,10 @@ fn the_four_agents_say_what_they_are() {
         ))
         .unwrap(),
     ];
+    let mut work = maxwell_core::work::Dispenser::default();
+    let leased: Vec<(u64, u64)> = (0..400).map(|_| work.lease(0)).collect();
+    agents[0].mailbox().give_work(leased.iter().copied());
+    agents[0].mailbox().inform_income(Tokens(4_000_000), 40);
     for a in &mut agents {
         leaks.watch(a);
         a.inform(balance, Tokens(10));
@@ -98,15 +98,20 @@ fn the_four_agents_say_what_they_are() {
 
     let sci_claims = claims(sci);
     assert!(sci_claims.len() >= 3, "{sci:?}");
-    for (k, c) in sci_claims.iter().enumerate() {
-        assert_eq!(c.start, k as u64 * 262_144);
+    for (c, l) in sci_claims.iter().zip(&leased) {
+        assert_eq!(
+            (c.start, c.end),
+            *l,
+            "it sieves the ranges leased to it, in order"
+        );
     }
     // An audit of a sample (recomputing thousands of claims would dominate the test).
     for c in sci_claims.iter().step_by(sci_claims.len().div_ceil(10)) {
         assert_eq!(*c, sieve(c.start, c.end));
         assert!(verify(c));
     }
-    assert_eq!(last_bid(sci), Some(Tokens(50_000)));
+    // Its value: net income over quanta won.
+    assert_eq!(last_bid(sci), Some(Tokens(100_000)));
     assert!(
         sci.iter()
             .any(|m| matches!(m, Message::Log(l) if l.starts_with("scientist:")))
@@ -153,9 +158,11 @@ fn a_scientist_with_a_quota_finishes_cleanly() {
         .spawn_process(&spec(
             "scientist-3",
             env!("CARGO_BIN_EXE_scientist"),
-            &["--width", "1000", "--start", "5", "--ranges", "3"],
+            &["--ranges", "3"],
         ))
         .unwrap();
+    a.mailbox()
+        .give_work([(5000, 6000), (6000, 7000), (7000, 8000), (8000, 9000)]);
     leaks.watch(&a);
     a.resume().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

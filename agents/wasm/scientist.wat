@@ -1,41 +1,47 @@
-;; scientist: counts primes, range after range, with a segmented sieve, and claims each range
-;; with its count and digest (maxwell_core::work::sieve computes the same, so audits recheck it).
-;; Bids a twentieth of its balance each range. Memory: bytes 4096.. hold the segment's flags,
-;; bytes 327680.. the base primes below 65,536. Hot loops do several steps per iteration so that
+;; scientist: counts primes in the ranges its host leases to it (`work`), with a segmented sieve,
+;; and claims each range with its count and digest (maxwell_core::work::sieve computes the same,
+;; so audits recheck it). Bids its value: net income over quanta won (`income` / `quanta`), once
+;; it has run 16 quanta (the owner's opening bid stands until then). Memory: bytes 4096.. hold
+;; the flags (1 MiB for the base sieve, then each segment), bytes 1052672.. the base primes below
+;; 2^20 (enough for every number below 2^40). Hot loops do several steps per iteration so that
 ;; the interruption check on each loop back-edge is amortised.
 (module
   (import "maxwell" "bid" (func $bid (param i64)))
   (import "maxwell" "claim" (func $claim (param i64 i64 i64 i64)))
-  (import "maxwell" "balance" (func $balance (result i64)))
+  (import "maxwell" "income" (func $income (result i64)))
+  (import "maxwell" "quanta" (func $quanta (result i64)))
+  (import "maxwell" "work" (func $work (result i64)))
   (import "maxwell" "log" (func $log (param i32 i32)))
-  (memory (export "memory") 6)
-  (data (i32.const 0) "scientist: sieving from 1e9")
+  (memory (export "memory") 22)
+  (data (i32.const 0) "scientist: sieving leased ranges")
   ;; Numbers per range; the segment's flags live at byte 4096.
   (global $W i64 (i64.const 262144))
-  ;; How many base primes the table at byte 327680 holds.
+  ;; How many base primes the table at byte 1052672 holds.
   (global $nbase (mut i32) (i32.const 0))
-  (global $START i64 (i64.const 1000000000)) ;; START
   ;; Ranges to sieve before returning: all of them (2^64 - 1) unless a benchmark sets fewer.
   (global $RANGES i64 (i64.const -1)) ;; RANGES
 
-  ;; The primes below 65,536 into the table at byte 327680 (a plain sieve in the segment area).
+  ;; The primes below 2^20 into the table at byte 1052672 (a plain sieve in the flag area; only
+  ;; primes below 2^10 have multiples left to cross off, and i * i stays in range).
   (func $base_primes (local $i i32) (local $j i32)
-    (memory.fill (i32.const 4096) (i32.const 0) (i32.const 65536))
+    (memory.fill (i32.const 4096) (i32.const 0) (i32.const 1048576))
     (local.set $i (i32.const 2))
     (block $done
       (loop $each
-        (br_if $done (i32.ge_u (local.get $i) (i32.const 65536)))
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 1048576)))
         (if (i32.eqz (i32.load8_u offset=4096 (local.get $i)))
           (then
-            (i32.store offset=327680 (i32.shl (global.get $nbase) (i32.const 2)) (local.get $i))
+            (i32.store offset=1052672 (i32.shl (global.get $nbase) (i32.const 2)) (local.get $i))
             (global.set $nbase (i32.add (global.get $nbase) (i32.const 1)))
-            (local.set $j (i32.mul (local.get $i) (local.get $i)))
-            (block $marked
-              (loop $mark
-                (br_if $marked (i32.ge_u (local.get $j) (i32.const 65536)))
-                (i32.store8 offset=4096 (local.get $j) (i32.const 1))
-                (local.set $j (i32.add (local.get $j) (local.get $i)))
-                (br $mark)))))
+            (if (i32.lt_u (local.get $i) (i32.const 1024))
+              (then
+                (local.set $j (i32.mul (local.get $i) (local.get $i)))
+                (block $marked
+                  (loop $mark
+                    (br_if $marked (i32.ge_u (local.get $j) (i32.const 1048576)))
+                    (i32.store8 offset=4096 (local.get $j) (i32.const 1))
+                    (local.set $j (i32.add (local.get $j) (local.get $i)))
+                    (br $mark)))))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $each))))
 
@@ -49,12 +55,12 @@
     (local.set $len (i64.sub (local.get $e) (local.get $lo)))
     (memory.fill (i32.const 4096) (i32.const 0) (i32.wrap_i64 (local.get $len)))
     ;; Cross off multiples of every base prime p with p * p < e; past the table's end (e above
-    ;; 2^32), every odd p (composite p mark nothing new).
+    ;; 2^40), every odd p (composite p mark nothing new).
     (block $sieved
       (loop $next_p
         (if (i32.lt_u (local.get $idx) (global.get $nbase))
           (then (local.set $p (i64.extend_i32_u
-                  (i32.load offset=327680 (i32.shl (local.get $idx) (i32.const 2))))))
+                  (i32.load offset=1052672 (i32.shl (local.get $idx) (i32.const 2))))))
           (else (local.set $p (i64.add (local.get $p) (i64.const 2)))))
         (local.set $idx (i32.add (local.get $idx) (i32.const 1)))
         (br_if $sieved (i64.ge_u (i64.mul (local.get $p) (local.get $p)) (local.get $e)))
@@ -183,13 +189,19 @@
     (call $claim (local.get $s) (local.get $e) (local.get $count) (local.get $h)))
 
   (func (export "run")
-    (local $k i64) (local $n i64)
-    (call $log (i32.const 0) (i32.const 27))
+    (local $k i64) (local $n i64) (local $q i64)
+    (call $log (i32.const 0) (i32.const 32))
     (call $base_primes)
-    (local.set $k (global.get $START))
     (loop $forever
-      (call $bid (i64.div_u (call $balance) (i64.const 20)))
-      (call $sieve (local.get $k) (i64.add (local.get $k) (global.get $W)))
-      (local.set $k (i64.add (local.get $k) (global.get $W)))
-      (local.set $n (i64.add (local.get $n) (i64.const 1)))
+      ;; The next leased range; -1 means none is queued yet (the host waited a millisecond).
+      (local.set $k (call $work))
+      (if (i64.ge_s (local.get $k) (i64.const 0))
+        (then
+          (call $sieve (local.get $k) (i64.add (local.get $k) (global.get $W)))
+          (local.set $n (i64.add (local.get $n) (i64.const 1)))
+          ;; Bid the value of a quantum: net income per quantum won (the host caps it by the
+          ;; balance). The owner's opening bid stands for the first 16 quanta.
+          (local.set $q (call $quanta))
+          (if (i64.ge_u (local.get $q) (i64.const 16))
+            (then (call $bid (i64.div_u (call $income) (local.get $q)))))))
       (br_if $forever (i64.lt_u (local.get $n) (global.get $RANGES))))))

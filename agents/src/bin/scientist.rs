@@ -1,40 +1,47 @@
-//! The scientist: honest, useful work. It walks the ranges `[k*W, (k+1)*W)` with the segmented
-//! sieve, claims each with its count and digest (an audit recomputes them), and bids a modest
-//! share of its balance.
+//! The scientist: honest, useful work. It asks the host for the next range leased to it, sieves
+//! it with the segmented sieve, claims it with its count and digest (an audit recomputes them),
+//! and bids its value: net income over quanta won (`maxwell_agent::value_bid`).
 //!
-//! Tuning (`--name N` or `MAXWELL_<NAME>`): `width` (W, default 1048576), `start` (first k,
-//! default 0), `ranges` (how many, default unlimited), `share` (percent of the balance bid,
-//! default 5).
+//! Tuning (`--name N` or `MAXWELL_<NAME>`): `ranges` (how many, default unlimited).
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Flow, Host, tuning};
-use maxwell_core::work::{MAX_CLAIM_SPAN, sieve};
+use maxwell_agent::value_bid;
+use maxwell_core::work::sieve;
 
 fn main() {
-    let width = tuning("width", 1 << 20).clamp(1, MAX_CLAIM_SPAN);
-    let first = tuning("start", 0);
     let ranges = tuning("ranges", u64::MAX);
-    let share = tuning("share", 5).min(100);
     let mut host = Host::connect("scientist");
-    let _ = host.call(|c| {
-        c.log(&format!(
-            "scientist: sieving ranges of {width} from k={first}"
-        ))
-    });
-    let mut k = first;
-    while k - first < ranges {
-        let Some(start) = k.checked_mul(width) else {
-            break;
+    let _ = host.call(|c| c.log("scientist: sieving leased ranges"));
+    let mut done = 0u64;
+    while done < ranges {
+        let (start, end) = match host.call(|c| c.work()) {
+            Flow::Done(Some(r)) => r,
+            // None queued yet (the host tops up every quantum), or a transient error.
+            Flow::Done(None) | Flow::Skipped => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Flow::Closed => return,
         };
-        let claim = sieve(start, start.saturating_add(width));
+        let claim = sieve(start, end);
         if let Flow::Closed = host.call(|c| c.claim(claim)) {
             return;
         }
-        if !host.bid_share(share) {
+        done += 1;
+        let bid = match host.call(|c| Ok((c.income()?, c.balance()?))) {
+            Flow::Done(((income, quanta), balance)) => value_bid(income, quanta, balance),
+            Flow::Skipped => None,
+            Flow::Closed => return,
+        };
+        if let Some(price) = bid
+            && let Flow::Closed = host.call(|c| c.bid(price))
+        {
             return;
         }
-        k += 1;
     }
     let _ = host.call(|c| c.log("scientist: done"));
 }

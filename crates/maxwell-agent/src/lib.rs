@@ -69,6 +69,11 @@ pub enum Request {
     Balance,
     /// Asks for the last clearing price.
     Price,
+    /// Asks for the agent's net income (bounties less Landauer tax) and the quanta it has won:
+    /// their ratio is what a quantum is worth to it.
+    Income,
+    /// Asks for the next range of work leased to the agent. Only leased ranges can be claimed.
+    Work,
     /// A log line (the host keeps at most 512 bytes of it).
     Log {
         /// The text.
@@ -96,6 +101,16 @@ pub enum Reply {
     Balance(Tokens),
     /// The clearing price (`{"v":1,"price":25}`).
     Price(Tokens),
+    /// Net income and quanta won (`{"v":1,"income":5000,"quanta":3}`).
+    Income {
+        /// Bounties less Landauer tax, in micro-JOULE.
+        income: Tokens,
+        /// Quanta won.
+        quanta: u64,
+    },
+    /// A leased range (`{"v":1,"work":[1000000000,1000262144]}`), or none queued yet
+    /// (`{"v":1,"work":[]}`): ask again shortly.
+    Work(Option<(u64, u64)>),
     /// Refused, and why (`{"v":1,"error":"..."}`).
     Error(String),
 }
@@ -114,6 +129,15 @@ pub struct ReplyLine {
     /// The price, for [`Reply::Price`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Tokens>,
+    /// The income, for [`Reply::Income`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub income: Option<Tokens>,
+    /// The quanta won, for [`Reply::Income`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quanta: Option<u64>,
+    /// The range, for [`Reply::Work`]: `[start, end]`, or `[]` when none is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Vec<u64>>,
     /// The reason, for [`Reply::Error`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -126,12 +150,20 @@ impl From<Reply> for ReplyLine {
             ok: None,
             balance: None,
             price: None,
+            income: None,
+            quanta: None,
+            work: None,
             error: None,
         };
         match r {
             Reply::Ok => line.ok = Some(true),
             Reply::Balance(b) => line.balance = Some(b),
             Reply::Price(p) => line.price = Some(p),
+            Reply::Income { income, quanta } => {
+                line.income = Some(income);
+                line.quanta = Some(quanta);
+            }
+            Reply::Work(w) => line.work = Some(w.map_or_else(Vec::new, |(s, e)| vec![s, e])),
             Reply::Error(e) => line.error = Some(e),
         }
         line
@@ -148,13 +180,59 @@ impl TryFrom<ReplyLine> for Reply {
                 l.v
             ));
         }
-        match (l.ok, l.balance, l.price, l.error) {
-            (Some(true), None, None, None) => Ok(Reply::Ok),
-            (None, Some(b), None, None) => Ok(Reply::Balance(b)),
-            (None, None, Some(p), None) => Ok(Reply::Price(p)),
-            (None, None, None, Some(e)) => Ok(Reply::Error(e)),
-            _ => Err("a reply carries exactly one of ok, balance, price, error".into()),
+        let one = |extra: bool| -> Result<(), String> {
+            let n = [
+                l.ok.is_some(),
+                l.balance.is_some(),
+                l.price.is_some(),
+                l.income.is_some() || l.quanta.is_some(),
+                l.work.is_some(),
+                l.error.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if n == 1 && extra {
+                Ok(())
+            } else {
+                Err(
+                    "a reply carries exactly one of ok, balance, price, income and quanta, \
+                     work, error"
+                        .into(),
+                )
+            }
+        };
+        if l.ok == Some(true) {
+            one(true)?;
+            return Ok(Reply::Ok);
         }
+        if let Some(b) = l.balance {
+            one(true)?;
+            return Ok(Reply::Balance(b));
+        }
+        if let Some(p) = l.price {
+            one(true)?;
+            return Ok(Reply::Price(p));
+        }
+        if l.income.is_some() || l.quanta.is_some() {
+            one(l.income.is_some() && l.quanta.is_some())?;
+            return Ok(Reply::Income {
+                income: l.income.unwrap_or(Tokens::ZERO),
+                quanta: l.quanta.unwrap_or(0),
+            });
+        }
+        if let Some(w) = &l.work {
+            one(w.is_empty() || w.len() == 2)?;
+            return Ok(Reply::Work((w.len() == 2).then(|| (w[0], w[1]))));
+        }
+        if let Some(e) = l.error.clone() {
+            one(true)?;
+            return Ok(Reply::Error(e));
+        }
+        Err(
+            "a reply carries exactly one of ok, balance, price, income and quanta, work, error"
+                .into(),
+        )
     }
 }
 
@@ -286,6 +364,22 @@ pub enum ClientError {
     },
 }
 
+/// Quanta an agent runs on its owner's opening bid before its own measurement replaces it.
+pub const VALUE_WARMUP_QUANTA: u64 = 16;
+
+/// The truthful bid: what one quantum has been worth to the agent, its net income (bounties
+/// less Landauer tax) over the quanta it has won, capped by its balance. `None` until it has run
+/// [`VALUE_WARMUP_QUANTA`] quanta (the owner's opening bid stands meanwhile).
+///
+/// Under Maxwell's uniform (k+1)-price auction this is the dominant strategy
+/// (docs/bidding.md): a winner pays the highest losing bid, never its own, so bidding more than
+/// the value only adds wins at prices above it (each a loss) and bidding less only gives up wins
+/// at prices below it (each a gain forgone). A share of the wallet is neither: the rich
+/// overpay, and the poor lose slots their work would have paid for.
+pub fn value_bid(income: Tokens, quanta: u64, balance: Tokens) -> Option<Tokens> {
+    (quanta >= VALUE_WARMUP_QUANTA).then(|| Tokens(income.0 / quanta).min(balance))
+}
+
 impl ClientError {
     /// True when the host is gone for good and the agent should exit.
     pub fn is_closed(&self) -> bool {
@@ -415,6 +509,25 @@ impl Client {
     pub fn price(&mut self) -> Result<Tokens, ClientError> {
         match self.request(&Request::Price)? {
             Reply::Price(p) => Ok(p),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Net income (bounties less Landauer tax) and quanta won, as the host last knew them.
+    pub fn income(&mut self) -> Result<(Tokens, u64), ClientError> {
+        match self.request(&Request::Income)? {
+            Reply::Income { income, quanta } => Ok((income, quanta)),
+            Reply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The next range of work leased to this agent, or `None` when none is queued yet (the
+    /// host tops the queue up every quantum; ask again shortly).
+    pub fn work(&mut self) -> Result<Option<(u64, u64)>, ClientError> {
+        match self.request(&Request::Work)? {
+            Reply::Work(w) => Ok(w),
             Reply::Error(e) => Err(ClientError::Refused(e)),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }

@@ -233,7 +233,6 @@ pub(crate) fn agents(c: &AgentsCommand) -> anyhow::Result<Exit> {
                     wasm: a.wasm.clone().map(|p| absolute(&p)),
                     native: a.native.clone().map(|p| absolute(&p)),
                     args: a.args.clone(),
-                    start: None,
                 },
                 owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
                 max_bid: a.max_bid,

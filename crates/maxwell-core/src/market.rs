@@ -52,17 +52,31 @@ pub struct MarketConfig {
     /// anyone else.
     pub rent_per_gib: MilliWatts,
     /// Bill the idle part of each tick's energy to the living agents, split by resident memory.
-    /// Default on. The machine stays powered to host them, so its static draw is part of the
-    /// cost of being hosted; without this, an agent that is priced out of every auction lives
-    /// for minutes on the rent of a few MiB, frozen and useless. The house keeps the idle energy
-    /// only while nobody holds memory.
+    /// Default off: agents pay for their own energy only (the slots they win, the memory they
+    /// hold, what they erase), as Kepler attributes energy, and the machine's static draw is the
+    /// house's. Billing it made waiting lethal: ten JOULE covered two seconds of a 5 W share,
+    /// so a useful agent that was merely outbid died. On, the house keeps the idle energy only
+    /// while nobody holds memory.
     pub idle_rent: bool,
+    /// Price granularity of the book: every effective bid is rounded down to a multiple of it,
+    /// and equal bids are ranked least recently served first. Default 15,000 micro-JOULE, a
+    /// tenth of one slot's energy at the grid price. Agents whose values differ by less than a
+    /// tick share the slots in turn instead of the marginally richer one winning every
+    /// quantum; rounding down also leaves every winner up to a tick of surplus.
+    pub bid_tick: Tokens,
+    /// An agent that cannot afford one quantum at the lowest possible reserve (one slot's
+    /// energy at the grid price) starts dying, insolvent: the reserve never falls below that,
+    /// so such an agent can never run again, and waiting would only let it hold memory and a
+    /// place in the book. Default on. An unfunded agent dies at its first tick; a frozen-out
+    /// parasite dies as soon as its residue falls below a slot, not after its rent eats it.
+    pub insolvent_below_reserve: bool,
     /// How far real erasure is from Landauer's bound. Default 1e12 (the seed's figure).
     pub landauer_inefficiency: f64,
-    /// Bounty per verified unit of useful work. Default 2 micro-JOULE: the WASM scientist
-    /// sieving on one core of the development VM finds about 19 million primes a second near
-    /// 10^9, so it earns about 38 W worth, two and a half times the 15 W slot it buys. Honest
-    /// work pays; a leech has no income at all.
+    /// Bounty per verified unit of useful work (a unit is [`crate::work::UNIT`] = 1,024
+    /// numbers sieved, so a number is worth the same wherever it lies). Default 128
+    /// micro-JOULE: the WASM scientist sieves about 300 million numbers a second on one core
+    /// of the development VM, so it earns about 37 W worth, two and a half times the 15 W slot
+    /// it buys. Honest work pays; a leech has no income at all.
     pub bounty_per_unit: Tokens,
     /// Probability `q` that a claim is audited, in parts per million. Default 20_000 (2%): the
     /// node recomputes that share of all claimed work, and a claim is accepted only if its
@@ -101,9 +115,11 @@ impl Default for MarketConfig {
                 MilliWatts(slot_power.0 * u64::from(slots_max)),
             ),
             rent_per_gib: MilliWatts(1_000),
-            idle_rent: true,
+            idle_rent: false,
+            bid_tick: Tokens(15_000),
+            insolvent_below_reserve: true,
             landauer_inefficiency: 1e12,
-            bounty_per_unit: Tokens(2),
+            bounty_per_unit: Tokens(128),
             audit_ppm: 20_000,
             grace_ticks: 50,
             rent_settle_ticks: 100,
@@ -131,6 +147,9 @@ pub enum MarketConfigError {
     /// Audits need somewhere to wait.
     #[error("max_pending_audits must be at least 1")]
     PendingAudits,
+    /// The price tick is zero.
+    #[error("bid_tick must be at least 1 micro-JOULE (default \"0.015 JOULE\")")]
+    BidTick,
     /// The audit probability is out of range.
     #[error(
         "audit probability must be between 1 and 1000000 parts per million, got {0} (10000 is 1%)"
@@ -164,6 +183,9 @@ impl MarketConfig {
         }
         if self.max_pending_audits == 0 {
             return Err(MarketConfigError::PendingAudits);
+        }
+        if self.bid_tick == Tokens::ZERO {
+            return Err(MarketConfigError::BidTick);
         }
         if self.audit_ppm == 0 || self.audit_ppm > PPM {
             return Err(MarketConfigError::AuditRate(self.audit_ppm));
@@ -254,6 +276,9 @@ struct AgentState {
     requested: Option<Tokens>,
     resident: Bytes,
     on_probation: bool,
+    /// Rank among equal bids: the sequence number of its last win (of its admission before
+    /// that). Smaller is served first, so equal bidders take turns (least recently served).
+    served: u64,
     stats: AgentStats,
 }
 
@@ -491,6 +516,7 @@ impl Market {
                 requested: None,
                 resident: Bytes(0),
                 on_probation: false,
+                served: i as u64,
                 stats: AgentStats::default(),
             })
             .collect();
@@ -507,9 +533,11 @@ impl Market {
                 requested: None,
                 resident: Bytes(0),
                 on_probation: false,
+                served: m.agents.len() as u64,
                 stats: AgentStats::default(),
             });
         }
+        m.bid_seq = m.agents.len() as u64;
         m.books = books;
         m.tick = tick;
         m.check_conservation()
@@ -531,6 +559,7 @@ impl Market {
     /// Admits an agent with an empty wallet. Pure and deterministic: ids count up from zero.
     pub fn admit(&mut self, spec: AgentSpec) -> AgentId {
         let id = self.books.open_agent();
+        self.bid_seq += 1;
         self.agents.push(AgentState {
             life: Life::Alive,
             rent_due: Tokens::ZERO,
@@ -538,6 +567,7 @@ impl Market {
             requested: None,
             resident: Bytes(0),
             on_probation: false,
+            served: self.bid_seq,
             stats: AgentStats::default(),
         });
         debug_assert_eq!(self.agents.len(), self.books.n_agents());
@@ -631,16 +661,66 @@ impl Market {
         batch.transfers.push(t);
     }
 
-    /// The effective bid: what was asked, capped by `max_bid` and the balance.
+    /// The effective bid: what was asked, capped by `max_bid` and the balance less the rent
+    /// owed, rounded down to the price tick.
     fn effective_bid(&self, agent: AgentId) -> Option<Tokens> {
         let a = self.agents.get(agent.0 as usize)?;
         let requested = a.requested?;
         let balance = self.balance(agent)?;
-        Some(
-            requested
-                .min(a.max_bid)
-                .min(Tokens(balance.0.saturating_sub(a.rent_due.0))),
-        )
+        let capped = requested
+            .min(a.max_bid)
+            .min(Tokens(balance.0.saturating_sub(a.rent_due.0)));
+        let tick = self.config.bid_tick.0.max(1);
+        Some(Tokens(capped.0 - capped.0 % tick))
+    }
+
+    /// The uniform-price clearing with a band of equals: bids more than one price tick above
+    /// the k-th highest win outright; the bids within one tick of it (the band) are equals and
+    /// share the remaining slots least recently served first; every winner pays the highest
+    /// losing bid (at least the reserve), never more than the lowest winning bid. Bids below
+    /// the reserve never win. Without the band, equals whose measured values straddle a tick
+    /// boundary would split into a class that always wins and one that never does.
+    fn clear(&self, supply: u32, reserve: Tokens) -> Clearing {
+        let k = supply as usize;
+        let tick = self.config.bid_tick.0.max(1);
+        let mut eligible = self.book.iter().take_while(|b| b.price >= reserve);
+        let top: Vec<Bid> = eligible.by_ref().take(k).collect();
+        let Some(kth) = top.last().filter(|_| top.len() == k).map(|b| b.price) else {
+            // Fewer bids at the reserve than slots: all of them win, at the reserve.
+            return Clearing {
+                winners: top.iter().map(|b| b.agent).collect(),
+                price: reserve,
+            };
+        };
+        let (lo, hi) = (
+            Tokens(kth.0.saturating_sub(tick)),
+            Tokens(kth.0.saturating_add(tick)),
+        );
+        let mut winners: Vec<Bid> = top.iter().filter(|b| b.price > hi).copied().collect();
+        let mut band: Vec<Bid> = top.iter().filter(|b| b.price <= hi).copied().collect();
+        let mut below = None;
+        for b in eligible {
+            if b.price >= lo {
+                band.push(b);
+            } else {
+                below = Some(b.price);
+                break;
+            }
+        }
+        band.sort_by_key(|b| (b.placed_at, b.agent));
+        let need = k - winners.len();
+        winners.extend_from_slice(&band[..need]);
+        let highest_loser = band[need..]
+            .iter()
+            .map(|b| b.price)
+            .chain(below)
+            .max()
+            .unwrap_or(Tokens::ZERO);
+        let lowest_winner = winners.iter().map(|b| b.price).min().unwrap_or(reserve);
+        Clearing {
+            winners: winners.iter().map(|b| b.agent).collect(),
+            price: highest_loser.max(reserve).min(lowest_winner),
+        }
     }
 
     /// Re-prices a standing bid after the balance moved; keeps the bid's age.
@@ -789,11 +869,12 @@ impl Market {
                 self.alive(*agent)?;
                 self.agents[agent.0 as usize].requested = Some(*price);
                 let effective = self.effective_bid(*agent).unwrap_or(Tokens::ZERO);
-                self.bid_seq += 1;
+                // A new bid keeps the agent's place among equals: priority is least recently
+                // served, not oldest bid, so re-bidding the same value costs no turn.
                 let placed = self.book.place(Bid {
                     agent: *agent,
                     price: effective,
-                    placed_at: self.bid_seq,
+                    placed_at: self.agents[agent.0 as usize].served,
                 });
                 debug_assert!(placed.is_ok(), "bid_seq never reaches u64::MAX");
             }
@@ -1027,6 +1108,31 @@ impl Market {
             }
         }
 
+        // 3e. An agent that can no longer afford one quantum at the lowest reserve can never
+        // run again: it is insolvent now, not when rent has eaten its residue.
+        if self.config.insolvent_below_reserve {
+            let floor = grid.cost(self.config.slot_power.over(quantum));
+            for i in 0..self.agents.len() {
+                let agent = AgentId(i as u32);
+                let a = &self.agents[i];
+                if !matches!(a.life, Life::Alive) {
+                    continue;
+                }
+                let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
+                let free = Tokens(balance.0.saturating_sub(a.rent_due.0));
+                if free < floor {
+                    self.settle_rent(&mut batch, agent);
+                    let cause = Cause::Insolvent {
+                        charge: TransferKind::SlotPayment,
+                        owed: floor,
+                        paid: free,
+                    };
+                    self.begin_dying(agent, cause.clone());
+                    dying.push((agent, cause));
+                }
+            }
+        }
+
         // 4. Apoptosis: dying agents whose grace is over die now.
         let mut deaths = Vec::new();
         for (idx, a) in self.agents.iter_mut().enumerate() {
@@ -1061,7 +1167,7 @@ impl Market {
 
         // 6. Clear; winners pay the uniform price. Bids are capped by balances, so every winner
         // can pay.
-        let clearing = self.book.clear(offer.supply, offer.reserve);
+        let clearing = self.clear(offer.supply, offer.reserve);
         assert!(clearing.winners.len() <= offer.supply as usize);
         for &w in &clearing.winners {
             let bid = self.book.get(w).map_or(Tokens::ZERO, |b| b.price);
@@ -1081,7 +1187,17 @@ impl Market {
             let s = &mut self.agents[w.0 as usize].stats;
             s.quanta_won += 1;
             s.spent.slots = s.spent.slots.saturating_add(clearing.price);
-            self.rekey(w);
+            // Served now: behind every equal bidder for the next clearing.
+            self.bid_seq += 1;
+            self.agents[w.0 as usize].served = self.bid_seq;
+            if let Some(price) = self.effective_bid(w) {
+                let placed = self.book.place(Bid {
+                    agent: w,
+                    price,
+                    placed_at: self.bid_seq,
+                });
+                debug_assert!(placed.is_ok(), "bid_seq never reaches u64::MAX");
+            }
         }
 
         // 7. The invariant, in every build.

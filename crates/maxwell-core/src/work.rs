@@ -25,6 +25,107 @@ pub struct PrimeClaim {
 /// check.
 pub const MAX_CLAIM_SPAN: u64 = 1 << 24;
 
+/// Numbers in one unit of work: bounties are paid per unit, so a number sieved is worth the same
+/// wherever it lies (a bounty per prime paid less and less as primes thin out).
+pub const UNIT: u64 = 1024;
+
+/// Numbers in one lease of work, the range a scientist sieves and claims at a time.
+pub const RANGE: u64 = 1 << 18;
+
+/// Where the dispenser hands out its first range.
+pub const FIRST: u64 = 1_000_000_000;
+
+/// Leases one agent may hold unclaimed; handing out one more forfeits its oldest.
+pub const MAX_LEASES: usize = 64;
+
+/// Units of work in `[start, end)`.
+pub fn units(start: u64, end: u64) -> u64 {
+    end.saturating_sub(start) / UNIT
+}
+
+/// Why a claim was not accepted as useful work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseError {
+    /// Nobody was handed this range (or the agent's lease on it was forfeited).
+    #[error("the range [{0}, {1}) was not leased to this agent; ask the host for work")]
+    NotLeased(u64, u64),
+}
+
+/// Hands out disjoint ranges of work and accepts claims only for ranges it handed to the
+/// claimant: work never collides (no two agents hold the same range), never runs out (2^63
+/// numbers), and cannot be reserved or blocked (a claim of a range nobody leased to you is
+/// refused, whatever its width). Pure: the driver moves leases to agents and claims back.
+///
+/// Ranges are `[FIRST + i * RANGE, FIRST + (i + 1) * RANGE)` in order, so all agents work in
+/// the same neighbourhood and a number costs the same to sieve for everyone at any time.
+#[derive(Debug, Clone, Default)]
+pub struct Dispenser {
+    next: u64,
+    /// Lease start -> holder.
+    leases: std::collections::BTreeMap<u64, u32>,
+    /// Holder -> its unclaimed leases, oldest first.
+    held: std::collections::BTreeMap<u32, std::collections::VecDeque<u64>>,
+}
+
+impl Dispenser {
+    /// A dispenser whose first range starts at or after `after` (the end of the highest range
+    /// claimed before a restart), aligned to the range grid.
+    pub fn resuming_after(after: u64) -> Dispenser {
+        let i = after.saturating_sub(FIRST).div_ceil(RANGE);
+        Dispenser {
+            next: i,
+            ..Dispenser::default()
+        }
+    }
+
+    /// Leases the next range to `holder`. At most [`MAX_LEASES`] stay unclaimed per holder:
+    /// beyond that the holder's oldest lease is forfeited (it was taken and never claimed).
+    pub fn lease(&mut self, holder: u32) -> (u64, u64) {
+        let start = FIRST.saturating_add(self.next.saturating_mul(RANGE));
+        self.next += 1;
+        let q = self.held.entry(holder).or_default();
+        q.push_back(start);
+        if q.len() > MAX_LEASES
+            && let Some(old) = q.pop_front()
+        {
+            self.leases.remove(&old);
+        }
+        self.leases.insert(start, holder);
+        (start, start.saturating_add(RANGE))
+    }
+
+    /// Accepts `holder`'s claim of `[start, end)` if it is exactly a range leased to it; the
+    /// lease is used up.
+    pub fn redeem(&mut self, holder: u32, start: u64, end: u64) -> Result<(), LeaseError> {
+        if end != start.saturating_add(RANGE) || self.leases.get(&start) != Some(&holder) {
+            return Err(LeaseError::NotLeased(start, end));
+        }
+        self.leases.remove(&start);
+        if let Some(q) = self.held.get_mut(&holder) {
+            q.retain(|&s| s != start);
+        }
+        Ok(())
+    }
+
+    /// Forfeits every lease `holder` still has (it died).
+    pub fn release(&mut self, holder: u32) {
+        for s in self.held.remove(&holder).unwrap_or_default() {
+            self.leases.remove(&s);
+        }
+    }
+
+    /// Leases outstanding, over all holders.
+    pub fn outstanding(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Where the next range starts.
+    pub fn next_start(&self) -> u64 {
+        FIRST.saturating_add(self.next.saturating_mul(RANGE))
+    }
+}
+
 fn mix(mut h: u64, p: u64) -> u64 {
     // A splitmix64 finaliser over the running state and the prime.
     h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -109,6 +210,43 @@ pub fn verify(claim: &PrimeClaim) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_are_disjoint_and_only_their_holder_can_claim_them() {
+        let mut d = Dispenser::default();
+        let a = d.lease(1);
+        let b = d.lease(2);
+        assert_eq!(a, (FIRST, FIRST + RANGE));
+        assert_eq!(b.0, a.1);
+        // Someone else's lease, a wider range, a range nobody leased: refused.
+        assert!(d.redeem(1, b.0, b.1).is_err());
+        assert!(d.redeem(1, a.0, a.1 + 1).is_err());
+        assert!(d.redeem(1, 5, 5 + RANGE).is_err());
+        assert!(d.redeem(1, a.0, a.1).is_ok());
+        // Once.
+        assert!(d.redeem(1, a.0, a.1).is_err());
+        d.release(2);
+        assert!(d.redeem(2, b.0, b.1).is_err());
+        assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_hoarder_forfeits_its_oldest_leases() {
+        let mut d = Dispenser::default();
+        let first = d.lease(7);
+        for _ in 0..MAX_LEASES {
+            d.lease(7);
+        }
+        assert_eq!(d.outstanding(), MAX_LEASES);
+        assert!(d.redeem(7, first.0, first.1).is_err());
+    }
+
+    #[test]
+    fn resuming_starts_past_what_was_claimed() {
+        let d = Dispenser::resuming_after(FIRST + 3 * RANGE + 1);
+        assert_eq!(d.next_start(), FIRST + 4 * RANGE);
+        assert_eq!(Dispenser::resuming_after(0).next_start(), FIRST);
+    }
 
     fn naive_count(start: u64, end: u64) -> u64 {
         (start..end)

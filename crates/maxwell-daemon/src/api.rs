@@ -39,9 +39,6 @@ pub struct ProgramRef {
     /// Arguments of a native executable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Where a built-in scientist starts sieving (default: its own stretch, by agent id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<u64>,
 }
 
 /// `POST /v1/agents`.
@@ -220,6 +217,9 @@ pub struct Stats {
     pub late_max_us: u64,
     /// Work time of a tick (p99), microseconds.
     pub work_p99_us: u64,
+    /// Ticks skipped since start because a tick overran by more than a quantum (a stall).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// An error body.

@@ -28,12 +28,16 @@ slots = 2
 slot_power = "15W"
 # Resident memory pays this much power per GiB, at the grid price of 1 JOULE per joule.
 rent_per_gib = "1W"
-# Bill the machine's idle power to the living agents by resident memory.
-idle_rent = true
+# Bill the machine's idle power to the living agents by resident memory (off: agents pay for
+# their own energy only, and waiting costs only the memory held).
+idle_rent = false
+# Price granularity: bids are rounded down to a multiple of this, and equal bids take turns
+# (least recently served first).
+bid_tick = "0.015 JOULE"
 # Landauer tax: how far real erasure is from the bound.
 landauer_inefficiency = 1e12
-# Bounty per verified unit of useful work (a prime, for the scientist).
-bounty_per_unit = "0.000002 JOULE"
+# Bounty per verified unit of useful work (1,024 numbers sieved, for the scientist).
+bounty_per_unit = "0.000128 JOULE"
 # Share of claims audited by recomputation; a failed audit costs bounty / probability.
 audit_probability = 0.02
 # Time between insolvency and death.
@@ -99,6 +103,9 @@ pub struct Market {
     pub rent_per_gib: MilliWatts,
     /// Idle power billed by memory.
     pub idle_rent: bool,
+    /// Price granularity.
+    #[serde(with = "maxwell_core::units::serde_str")]
+    pub bid_tick: Tokens,
     /// Landauer inefficiency.
     pub landauer_inefficiency: f64,
     /// Bounty per unit.
@@ -153,11 +160,12 @@ impl Default for Market {
             slot_power: m.slot_power,
             rent_per_gib: m.rent_per_gib,
             idle_rent: m.idle_rent,
+            bid_tick: m.bid_tick,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_unit,
             audit_probability: f64::from(m.audit_ppm) / 1e6,
             grace: Nanos(m.quantum.0 * u64::from(m.grace_ticks)),
-            bounty_pool: Tokens::joules(100_000),
+            bounty_pool: maxwell_node::defaults::BOUNTY_POOL,
         }
     }
 }
@@ -167,8 +175,8 @@ impl Default for Agents {
         Agents {
             memory_max: maxwell_core::Bytes(64 << 20),
             pids_max: 64,
-            opening_bid: Tokens(200_000),
-            max_bid: Tokens::joules(5),
+            opening_bid: maxwell_node::defaults::OPENING_BID,
+            max_bid: maxwell_node::defaults::MAX_BID,
         }
     }
 }
@@ -241,6 +249,7 @@ impl Config {
             ),
             rent_per_gib: m.rent_per_gib,
             idle_rent: m.idle_rent,
+            bid_tick: m.bid_tick,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_unit,
             audit_ppm: ((m.audit_probability * 1e6).round() as u32).clamp(1, 1_000_000),
@@ -268,7 +277,7 @@ mod tests {
         let m = c.market_config();
         assert_eq!(m.grace_ticks, 50);
         assert_eq!(m.audit_ppm, 20_000);
-        assert_eq!(m.bounty_per_unit, Tokens(2));
+        assert_eq!(m.bounty_per_unit, Tokens(128));
         m.validate().unwrap();
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
-use maxwell_core::{AgentId, Life, Nanos, Tokens};
+use maxwell_core::{AgentId, Life, Tokens};
 use maxwell_node::Node;
 use maxwell_sandbox::{Agent, AgentSpec, Limits, Program};
 
@@ -132,16 +132,6 @@ const IDLE_WAT: &str = r#"(module
   (data (i32.const 0) "idle")
   (func (export "run") (call $log (i32.const 0) (i32.const 4)) (loop $l (br $l))))"#;
 
-/// Where a built-in scientist named `name` starts by default: one of a million stretches of
-/// 10^10 numbers from 10^9, chosen by the name's hash, so scientists of different names sieve
-/// different numbers (two that collide have their overlapping claims refused, nothing worse).
-pub fn stretch(name: &str) -> u64 {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(name.as_bytes());
-    let n = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % 1_000_000;
-    1_000_000_000 + n * 10_000_000_000
-}
-
 /// Turns a program reference into a sandbox spec; errors are 4xx messages.
 pub fn spec_of(
     name: &str,
@@ -165,10 +155,8 @@ pub fn spec_of(
         ));
     }
     let program = if let Some(b) = &program.builtin {
-        let wat = match b.as_str() {
-            "scientist" => {
-                maxwell_agents::scientist_from(program.start.unwrap_or_else(|| stretch(name)))
-            }
+        let wat: String = match b.as_str() {
+            "scientist" => maxwell_agents::SCIENTIST_WAT.into(),
             "leech" => maxwell_agents::LEECH_WAT.into(),
             "squatter" => maxwell_agents::SQUATTER_WAT.into(),
             "liar" => maxwell_agents::LIAR_WAT.into(),
@@ -595,19 +583,15 @@ impl Engine {
     /// in the ledger).
     pub fn run(mut self, ops: Receiver<Op>) -> anyhow::Result<()> {
         let quantum = Duration::from_nanos(self.config.tick.0);
-        let start = Instant::now();
-        let mut n: u32 = 0;
+        let mut pacer = maxwell_node::pacer::Pacer::new(quantum);
+        let mut n: u64 = 0;
         let mut ops_open = true;
         self.refresh_agents();
         loop {
-            n = n.wrapping_add(1);
-            let deadline = start + quantum * n;
-            let now = Instant::now();
-            if let Some(wait) = deadline.checked_duration_since(now) {
-                std::thread::sleep(wait);
-            }
+            n += 1;
+            let due = pacer.wait();
             let began = Instant::now();
-            let late = began.saturating_duration_since(deadline).as_micros() as u64;
+            let late = u64::try_from(due.late.as_micros()).unwrap_or(u64::MAX);
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -622,24 +606,31 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => ops_open = false,
                 }
             }
-            let report = self.node.tick(Nanos(start.elapsed().as_nanos() as u64))?;
+            let report = self.node.tick(due.now)?;
             for d in &report.deaths {
                 tracing::info!(agent = %d.name, cause = %d.cause, tick = d.tick, "apoptosis");
+            }
+            for (id, what) in &report.sandbox_errors {
+                let name = self
+                    .roster
+                    .get(id.0 as usize)
+                    .map_or("?", |r| r.name.as_str());
+                tracing::warn!(agent = %name, error = %what, "sandbox operation failed");
             }
             self.events(&report);
             self.publish(
                 &report,
                 changed || n.is_multiple_of(10) || !report.deaths.is_empty(),
             );
-            let work = began.elapsed().as_micros() as u64;
-            self.record(late, work);
-            // A tick that overran by more than a quantum does not try to catch up.
-            if began.elapsed() > quantum {
-                n = ((start.elapsed().as_nanos() / quantum.as_nanos().max(1)) as u32).max(n);
-            }
+            let work = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.record(late, work, due.skipped);
         }
-        self.node.freeze_all();
-        let _ = save_roster(&self.data, &self.roster);
+        for (name, e) in self.node.freeze_all() {
+            tracing::warn!(agent = %name, error = %e, "could not freeze at shutdown");
+        }
+        if let Err(e) = save_roster(&self.data, &self.roster) {
+            tracing::error!(error = %e, "could not save the roster at shutdown");
+        }
         tracing::info!(
             tick = self.node.market().tick_count(),
             "stopped: agents frozen, ledger committed"
@@ -647,7 +638,7 @@ impl Engine {
         Ok(())
     }
 
-    fn record(&mut self, late: u64, work: u64) {
+    fn record(&mut self, late: u64, work: u64, skipped: u64) {
         self.late.push_back(late);
         self.work.push_back(work);
         if self.late.len() > 1000 {
@@ -663,6 +654,7 @@ impl Engine {
         };
         if let Ok(mut g) = self.shared.stats.lock() {
             g.ticks += 1;
+            g.skipped = g.skipped.saturating_add(skipped);
             // Percentiles are recomputed every 100 ticks (sorting 1,000 numbers each tick
             // would cost more than the tick itself with idle agents).
             if g.ticks.is_multiple_of(100) || g.ticks < 100 {

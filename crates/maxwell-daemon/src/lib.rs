@@ -366,24 +366,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Some(ledger),
         )?
     } else {
-        // A built-in scientist restarts where its accepted work ends, not at its first number
-        // (which the ledger would refuse as duplicate work).
-        let mut resume_at = std::collections::BTreeMap::new();
-        for (agent, _, end) in ledger.work_ranges()? {
-            let e = resume_at.entry(agent.0 as usize).or_insert(end);
-            *e = (*e).max(end);
-        }
+        // Work resumes past every range accepted before the restart (the node's dispenser
+        // starts after the highest claimed range), so restarted scientists never redo it.
         let mut specs = Vec::new();
-        for (i, r) in roster.iter().enumerate() {
-            let mut program = r.program.clone();
-            if program.builtin.as_deref() == Some("scientist")
-                && let Some(&end) = resume_at.get(&i)
-            {
-                program.start = Some(end);
-            }
+        for r in &roster {
             let spec = match engine::spec_of(
                 &r.name,
-                &program,
+                &r.program,
                 r.memory_max,
                 config.agents.pids_max,
             ) {

@@ -6,14 +6,15 @@
 //! 1. samples physics for the quantum that ended (energy, temperature; modelled where the
 //!    hardware hides them);
 //! 2. collects each agent's usage and words: bids become commands, claims become market claims
-//!    (a claim overlapping a range already claimed is refused: duplicate work is not useful
-//!    work), violations and exits become `Kill` commands;
+//!    (only a claim of a range the node's [`Dispenser`] leased to that agent is accepted, so work
+//!    never collides and cannot be reserved), violations and exits become `Kill` commands;
 //! 3. runs `Market::tick`;
 //! 4. commits the tick's batch to the ledger (before acting on it: a crash never acts on a tick
 //!    that is not durable);
 //! 5. audits the claims the market drew by recomputation, for the next tick's verdicts;
-//! 6. kills the dead, freezes the dying and the losers, resumes the winners, and tells every
-//!    agent its balance and the price.
+//! 6. kills the dead, freezes the dying and the losers, resumes the winners, and tells each
+//!    winner its balance, the price and its net income per quantum, and tops up the ranges of
+//!    work leased to it.
 //!
 //! The node reads no clock itself: the caller passes `now` (the daemon and the experiment use a
 //! monotonic clock; tests may pass anything monotone).
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use maxwell_core::work::{PrimeClaim, verify};
+use maxwell_core::work::{Dispenser, PrimeClaim, units, verify};
 use maxwell_core::{
     AgentId, Cause, Claim, ClaimId, Command, Life, Market, MarketConfig, MicroJoules, MilliCelsius,
     MilliWatts, Nanos, TickInput, Tokens, Verdict,
@@ -66,6 +67,13 @@ pub fn tuned_for(base: MarketConfig, physics: &Physics) -> MarketConfig {
         ..base
     }
 }
+
+pub mod defaults;
+pub mod pacer;
+
+/// Ranges of work kept queued for each agent that runs: about three quanta of the scientist's
+/// sieving, so a resumed agent never waits for the next tick to be handed work.
+pub const LEASE_AHEAD: usize = 32;
 
 /// Node failures.
 #[derive(Debug, thiserror::Error)]
@@ -136,8 +144,14 @@ pub struct TickReport {
     pub deaths: Vec<DeathReport>,
     /// Claims that passed and failed their audits this tick.
     pub audits: (u32, u32),
-    /// Claims refused as duplicates of ranges already claimed.
-    pub duplicate_claims: u32,
+    /// Claims refused: the range was not leased to the claimant (someone else's, already
+    /// claimed, or never handed out).
+    pub refused_claims: u32,
+    /// Sandbox operations that failed this tick, with the agent and what failed (a usage read,
+    /// a resume, a pause). A failed usage read keeps the last known memory for rent; a failed
+    /// resume or pause kills the agent (`Cause::Limit`), since it can no longer be held to the
+    /// quantum it paid for.
+    pub sandbox_errors: Vec<(AgentId, String)>,
     /// Commands and claims the market refused, with the reason.
     pub refused: Vec<String>,
     /// Claims accepted this tick (not duplicates), by agent.
@@ -154,7 +168,7 @@ pub struct Node {
     commands: Vec<Command>,
     verdicts: Vec<Verdict>,
     pending: BTreeMap<ClaimId, PrimeClaim>,
-    claimed: BTreeMap<u64, u64>,
+    work: Dispenser,
     next_claim: u64,
     last_now: Option<Nanos>,
     deaths: Vec<DeathReport>,
@@ -178,7 +192,7 @@ impl Node {
             commands: Vec::new(),
             verdicts: Vec::new(),
             pending: BTreeMap::new(),
-            claimed: BTreeMap::new(),
+            work: Dispenser::default(),
             next_claim: 0,
             last_now: None,
             deaths: Vec::new(),
@@ -261,13 +275,15 @@ impl Node {
             ledger.deaths(),
             ledger.last_tick().unwrap_or(0),
         )?;
-        let mut claimed = BTreeMap::new();
-        for (_, start, end) in ledger.work_ranges()? {
-            claimed.insert(start, end);
-        }
+        let after = ledger
+            .work_ranges()?
+            .iter()
+            .map(|&(_, _, end)| end)
+            .max()
+            .unwrap_or(0);
         let mut node = Node::new(market.config().clone(), physics, sandbox, Some(ledger))?;
         node.market = market;
-        node.claimed = claimed;
+        node.work = Dispenser::resuming_after(after);
         for (i, (spec, _, opening)) in roster.iter().enumerate() {
             let id = AgentId(i as u32);
             let Some(spec) = spec else { continue };
@@ -365,8 +381,9 @@ impl Node {
 
         let mut usage = Vec::new();
         let mut claims = Vec::new();
-        let mut duplicates = 0u32;
+        let mut refused_claims = 0u32;
         let mut accepted = Vec::new();
+        let mut sandbox_errors = Vec::new();
         let tick_no = self.market.tick_count() + 1;
         for (&id, slot) in &mut self.slots {
             if slot.killed {
@@ -375,13 +392,17 @@ impl Node {
             if slot.frozen_for >= 2 && !(tick_no + u64::from(id.0)).is_multiple_of(FROZEN_POLL) {
                 continue;
             }
-            let u = slot.agent.usage().unwrap_or_default();
-            usage.push(maxwell_core::Usage {
-                agent: id,
-                cpu: u.cpu,
-                resident: u.resident,
-                erased: u.erased,
-            });
+            // A failed read reports nothing: the market keeps charging rent on the memory it
+            // last knew, rather than on zero.
+            match slot.agent.usage() {
+                Ok(u) => usage.push(maxwell_core::Usage {
+                    agent: id,
+                    cpu: u.cpu,
+                    resident: u.resident,
+                    erased: u.erased,
+                }),
+                Err(e) => sandbox_errors.push((id, format!("usage: {e}"))),
+            }
             // A dying agent's words no longer trade: it is frozen out of the market.
             let alive = matches!(self.market.life(id), Some(Life::Alive));
             for m in slot.agent.drain() {
@@ -392,23 +413,11 @@ impl Node {
                     Message::Bid { price } => self.commands.push(Command::Bid { agent: id, price }),
                     Message::CancelBid => self.commands.push(Command::CancelBid { agent: id }),
                     Message::Claim(c) => {
-                        let overlaps = c.end <= c.start
-                            || self
-                                .claimed
-                                .range(..c.end)
-                                .next_back()
-                                .is_some_and(|(_, &end)| end > c.start);
-                        if overlaps {
-                            duplicates += 1;
+                        // Only a range leased to this agent, once: no collisions, no
+                        // squatting, and a claim's width (so its audit cost) is one lease.
+                        if self.work.redeem(id.0, c.start, c.end).is_err() {
+                            refused_claims += 1;
                             continue;
-                        }
-                        // Coalesce with the range it extends, so a sequential scientist's
-                        // claims stay one entry.
-                        match self.claimed.range_mut(..=c.start).next_back() {
-                            Some((_, end)) if *end == c.start => *end = c.end,
-                            _ => {
-                                self.claimed.insert(c.start, c.end);
-                            }
                         }
                         self.next_claim += 1;
                         let cid = ClaimId(self.next_claim);
@@ -417,7 +426,7 @@ impl Node {
                         claims.push(Claim {
                             id: cid,
                             agent: id,
-                            units: c.count,
+                            units: units(c.start, c.end),
                         });
                     }
                     Message::Log(_) | Message::Dropped(_) => {}
@@ -493,6 +502,7 @@ impl Node {
                 slot.agent.kill(&cause);
                 slot.killed = true;
                 slot.running = false;
+                self.work.release(id.0);
                 deaths.push(DeathReport {
                     agent: id,
                     name: slot.name.clone(),
@@ -508,21 +518,56 @@ impl Node {
             }
             let win = outcome.clearing.winners.contains(&id);
             if win {
-                // Told its balance and the price before it runs; a frozen agent reads nothing.
+                // Told its balance, the price and its record before it runs, and handed work;
+                // a frozen agent reads nothing.
                 slot.agent
                     .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
+                // Income so far covers the quanta already run, not the one just won (its claims
+                // are paid next tick): told the quanta run, the ratio is not biased low.
+                if let Some(s) = self.market.stats(id) {
+                    let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
+                    slot.agent
+                        .mailbox()
+                        .inform_income(Tokens(income), s.quanta_won.saturating_sub(1));
+                }
+                let mailbox = slot.agent.mailbox();
+                let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());
+                let work = &mut self.work;
+                mailbox.give_work((0..want).map(|_| work.lease(id.0)));
                 if !slot.running {
-                    slot.running = slot.agent.resume().is_ok();
+                    match slot.agent.resume() {
+                        Ok(()) => slot.running = true,
+                        // It paid for a quantum it cannot have: end it, and say so.
+                        Err(e) => {
+                            sandbox_errors.push((id, format!("resume: {e}")));
+                            self.commands.push(Command::Kill {
+                                agent: id,
+                                cause: Cause::Limit {
+                                    what: format!("resume failed: {e}"),
+                                },
+                            });
+                        }
+                    }
                 }
                 slot.frozen_for = 0;
             } else {
                 if slot.running {
                     slot.running = false;
-                    let _ = slot.agent.pause();
+                    if let Err(e) = slot.agent.pause() {
+                        // It may still be running, unpaid: end it.
+                        sandbox_errors.push((id, format!("pause: {e}")));
+                        self.commands.push(Command::Kill {
+                            agent: id,
+                            cause: Cause::Limit {
+                                what: format!("pause failed: {e}"),
+                            },
+                        });
+                    }
                 }
                 slot.frozen_for += 1;
             }
         }
+
         self.deaths.extend(deaths.iter().cloned());
         Ok(TickReport {
             tick: outcome.tick,
@@ -535,7 +580,8 @@ impl Node {
             energy_modelled: reading.energy_modelled,
             deaths,
             audits,
-            duplicate_claims: duplicates,
+            refused_claims,
+            sandbox_errors,
             refused: outcome
                 .refused
                 .iter()
@@ -545,13 +591,24 @@ impl Node {
         })
     }
 
-    /// Freezes every agent (for a clean stop); the ledger already holds every tick.
-    pub fn freeze_all(&mut self) {
+    /// Freezes every agent (for a clean stop); the ledger already holds every tick. Returns the
+    /// agents that could not be frozen, with why (the caller decides; the next start reaps
+    /// them).
+    pub fn freeze_all(&mut self) -> Vec<(String, SandboxError)> {
+        let mut failed = Vec::new();
         for slot in self.slots.values_mut() {
             if slot.running {
-                let _ = slot.agent.pause();
+                if let Err(e) = slot.agent.pause() {
+                    failed.push((slot.name.clone(), e));
+                }
                 slot.running = false;
             }
         }
+        failed
+    }
+
+    /// Where the work dispenser hands out its next range.
+    pub fn work_frontier(&self) -> u64 {
+        self.work.next_start()
     }
 }

@@ -230,6 +230,8 @@ pub trait Agent: Send {
     fn drain(&mut self) -> Vec<Message>;
     /// Tells it its balance and the clearing price (what `balance` and `price` answer).
     fn inform(&self, balance: Tokens, price: Tokens);
+    /// Its mailbox: what it is told (income, work leased to it) beyond balance and price.
+    fn mailbox(&self) -> &Mailbox;
     /// Where it is now.
     fn status(&mut self) -> Status;
 }
@@ -271,6 +273,10 @@ pub struct Mailbox {
     pending: Mutex<Pending>,
     balance: AtomicU64,
     price: AtomicU64,
+    income: AtomicU64,
+    quanta: AtomicU64,
+    /// Ranges of work leased to the agent by its host and not yet taken.
+    work: Mutex<VecDeque<(u64, u64)>>,
 }
 
 impl Mailbox {
@@ -313,6 +319,39 @@ impl Mailbox {
     pub fn inform(&self, balance: Tokens, price: Tokens) {
         self.balance.store(balance.0, Ordering::Relaxed);
         self.price.store(price.0, Ordering::Relaxed);
+    }
+
+    /// Sets what the agent is told of its own record: what its work earned net of the tax on
+    /// what it erased (bounties less Landauer tax), and the quanta it has won. Their ratio is
+    /// the value of a quantum to it, which is what a truthful agent bids.
+    pub fn inform_income(&self, income: Tokens, quanta: u64) {
+        self.income.store(income.0, Ordering::Relaxed);
+        self.quanta.store(quanta, Ordering::Relaxed);
+    }
+
+    /// Net income and quanta won, as last told.
+    pub fn income(&self) -> (Tokens, u64) {
+        (
+            Tokens(self.income.load(Ordering::Relaxed)),
+            self.quanta.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues ranges of work the host leased to the agent.
+    pub fn give_work(&self, ranges: impl IntoIterator<Item = (u64, u64)>) {
+        if let Ok(mut w) = self.work.lock() {
+            w.extend(ranges);
+        }
+    }
+
+    /// Ranges queued and not yet taken.
+    pub fn work_queued(&self) -> usize {
+        self.work.lock().map_or(0, |w| w.len())
+    }
+
+    /// Takes the next leased range, if any.
+    pub fn take_work(&self) -> Option<(u64, u64)> {
+        self.work.lock().ok().and_then(|mut w| w.pop_front())
     }
 
     /// The agent's balance as last told.

@@ -9,7 +9,7 @@
 //! `ResourceLimiter`; growing past the cap traps and is reported as [`ExitReason::MemoryLimit`].
 //!
 //! Host imports live in module `maxwell` (docs/wasm-abi.md): `bid`, `cancel_bid`, `claim`,
-//! `balance`, `price`, `log`.
+//! `balance`, `price`, `income`, `quanta`, `work`, `log`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -316,6 +316,30 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
         })
         .map_err(wrap)?;
     linker
+        .func_wrap("maxwell", "income", |caller: Caller<'_, Host>| -> i64 {
+            caller.data().mailbox.income().0.0.min(i64::MAX as u64) as i64
+        })
+        .map_err(wrap)?;
+    linker
+        .func_wrap("maxwell", "quanta", |caller: Caller<'_, Host>| -> i64 {
+            caller.data().mailbox.income().1.min(i64::MAX as u64) as i64
+        })
+        .map_err(wrap)?;
+    linker
+        .func_wrap("maxwell", "work", |caller: Caller<'_, Host>| -> i64 {
+            // The start of the next range leased to this agent (its end is the start plus
+            // maxwell_core::work::RANGE), or -1 when none is queued yet: the host tops up every
+            // quantum, so the agent waits a millisecond here (not spinning) and asks again.
+            match caller.data().mailbox.take_work() {
+                Some((start, _)) => start.min(i64::MAX as u64) as i64,
+                None => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    -1
+                }
+            }
+        })
+        .map_err(wrap)?;
+    linker
         .func_wrap("maxwell", "price", |caller: Caller<'_, Host>| -> i64 {
             caller.data().mailbox.price().0.min(i64::MAX as u64) as i64
         })
@@ -409,7 +433,7 @@ impl WasmSandbox {
         self.linker.instantiate_pre(&module).map_err(|e| {
             SandboxError::InvalidSpec(format!(
                 "{e:#}; the host offers only module `maxwell`: bid, cancel_bid, claim, balance, \
-                 price, log (see docs/wasm-abi.md)"
+                 price, income, quanta, work, log (see docs/wasm-abi.md)"
             ))
         })
     }
@@ -718,6 +742,10 @@ impl Agent for WasmAgent {
 
     fn inform(&self, balance: Tokens, price: Tokens) {
         self.mailbox.inform(balance, price);
+    }
+
+    fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
     }
 
     fn status(&mut self) -> Status {

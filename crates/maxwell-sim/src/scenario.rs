@@ -65,6 +65,9 @@ pub struct MarketSection {
     /// Bill the machine's idle energy to the living agents by resident memory (default true).
     #[serde(default = "yes")]
     pub idle_rent: bool,
+    /// Price granularity of the book (default: the market's, 0.015 JOULE).
+    #[serde(with = "serde_str", default = "default_bid_tick")]
+    pub bid_tick: Tokens,
     /// Landauer inefficiency factor.
     pub landauer_inefficiency: f64,
     /// Bounty per verified prime.
@@ -101,6 +104,10 @@ pub struct MachineSection {
     /// At this temperature the hardware halves its clock (PROCHOT), market or not.
     #[serde(with = "serde_str", default = "default_tj_max")]
     pub tj_max: MilliCelsius,
+}
+
+fn default_bid_tick() -> Tokens {
+    MarketConfig::default().bid_tick
 }
 
 fn default_tj_max() -> MilliCelsius {
@@ -354,6 +361,8 @@ impl Scenario {
             ),
             rent_per_gib: m.rent_per_gib,
             idle_rent: m.idle_rent,
+            bid_tick: m.bid_tick,
+            insolvent_below_reserve: true,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_prime,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),

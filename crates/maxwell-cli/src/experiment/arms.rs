@@ -1,17 +1,20 @@
-//! The three arms: `plain` (baseline and oracle: the kernel schedules every agent, never
-//! paused) and `maxwell` (the same agents under [`Node`]). Each samples its metrics at 1 Hz and,
-//! at the end, recomputes every accepted claim: only verified ranges count as work.
+//! The three arms: `plain` (the baseline: the kernel schedules every agent, never paused) and
+//! `node` (the maxwell arm: the same agents under [`Node`], paced by the daemon's own
+//! [`Pacer`], with the daemon's defaults; and the oracle: the useful agents alone under the
+//! same node, so never more of them running than the thermal budget's slots, with wallets that
+//! never bind). Each samples its metrics at 1 Hz and, at the end, recomputes every accepted
+//! claim: only verified ranges count as work.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use maxwell_core::work::{PrimeClaim, verify};
+use maxwell_core::work::{Dispenser, PrimeClaim, verify};
 use maxwell_core::{AgentId, Life, MarketConfig, Nanos, Tokens};
-use maxwell_node::Node;
+use maxwell_node::pacer::Pacer;
+use maxwell_node::{LEASE_AHEAD, Node, defaults};
 use maxwell_physics::{ModelParams, Physics};
 use maxwell_sandbox::{Agent, Message, Sandbox};
 
@@ -20,10 +23,8 @@ use super::metrics::{Row, Second, State};
 
 /// The scheduling period of every arm.
 const QUANTUM: Duration = Duration::from_millis(10);
-/// The highest bid the market accepts from one agent (maxwell arm).
-const MAX_BID: Tokens = Tokens(5_000_000);
-/// The owner's opening bid of every agent (maxwell arm).
-const OPENING_BID: Tokens = Tokens(200_000);
+/// What each oracle agent is funded with: enough that money never decides who runs.
+const ORACLE_FUNDS: Tokens = Tokens(1_000_000_000_000);
 
 /// One arm of one run, as `summary.json` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -52,11 +53,29 @@ pub(super) struct Arm {
     pub max_temperature_c: f64,
     /// Seconds into the arm at which each agent with `useful = false` died (maxwell arm).
     pub leech_deaths_s: Vec<f64>,
+    /// Every death in the arm: who, when (seconds into the arm), whether it was useful, and
+    /// the cause the ledger records.
+    pub deaths: Vec<DeathSummary>,
+    /// Agents with `useful = true` alive at the end (every one of them, for the plain arms).
+    pub useful_alive_at_end: u32,
     /// The longest quantum (plain arms: one sleep and sample) or tick (maxwell arm: one
     /// `Node::tick`, ledger commit included). Far above the 10 ms quantum means the arm stalled
     /// (a slow disk under the ledger's fsync, a busy machine) and its agents ran on
     /// unsupervised meanwhile.
     pub longest_tick_ms: f64,
+}
+
+/// One death, as `summary.json` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct DeathSummary {
+    /// The agent.
+    pub agent: String,
+    /// Whether it was useful.
+    pub useful: bool,
+    /// Seconds into the arm.
+    pub at_s: f64,
+    /// The cause, from the ledger.
+    pub cause: String,
 }
 
 /// What every arm of a run shares.
@@ -73,28 +92,18 @@ pub(super) struct Ctx<'a> {
     pub rows: &'a mut Vec<Row>,
 }
 
-/// Accepts claims that overlap nothing accepted before (per arm), like the node does.
+/// Claims accepted in an arm (the node's, or for the plain arms, those matching a range that
+/// the arm's own dispenser leased to the claimant).
 #[derive(Default)]
 struct Claims {
-    ranges: BTreeMap<u64, u64>,
     accepted: Vec<PrimeClaim>,
 }
 
 impl Claims {
-    /// Offers a claim; returns the numbers it covers if accepted, else 0.
-    fn offer(&mut self, c: PrimeClaim) -> u64 {
-        let overlaps = c.end <= c.start
-            || self
-                .ranges
-                .range(..c.end)
-                .next_back()
-                .is_some_and(|(_, &end)| end > c.start);
-        if overlaps {
-            return 0;
-        }
-        self.ranges.insert(c.start, c.end);
+    /// Records an accepted claim; returns the numbers it covers.
+    fn accept(&mut self, c: PrimeClaim) -> u64 {
         self.accepted.push(c);
-        c.end - c.start
+        c.end.saturating_sub(c.start)
     }
 }
 
@@ -145,7 +154,8 @@ fn finish(
     run: u32,
     seconds: f64,
     t: Tally,
-    deaths: Vec<f64>,
+    deaths: Vec<DeathSummary>,
+    useful_alive_at_end: u32,
     pb: &ProgressBar,
 ) -> Arm {
     pb.set_message(format!("verifying {} claims", t.claims.accepted.len()));
@@ -205,7 +215,13 @@ fn finish(
             0.0
         },
         max_temperature_c: f64::from(t.max_temp) / 1000.0,
-        leech_deaths_s: deaths,
+        leech_deaths_s: deaths
+            .iter()
+            .filter(|d| !d.useful)
+            .map(|d| d.at_s)
+            .collect(),
+        deaths,
+        useful_alive_at_end,
         longest_tick_ms: t.longest.as_secs_f64() * 1000.0,
     };
     pb.finish_with_message(format!(
@@ -225,11 +241,21 @@ pub(super) fn plain(
 ) -> anyhow::Result<Arm> {
     let mut physics = Physics::open(Path::new("/"), ModelParams::default());
     let mut running: Vec<Box<dyn Agent>> = Vec::new();
+    let mut work = Dispenser::default();
     for m in agents {
         let a = sandbox.spawn(&m.spec)?;
         a.inform(m.funds, Tokens(0));
         running.push(a);
     }
+    // Work is leased as the node leases it: the queue topped up every quantum.
+    let top_up = |work: &mut Dispenser, running: &[Box<dyn Agent>]| {
+        for (i, a) in running.iter().enumerate() {
+            let want = LEASE_AHEAD.saturating_sub(a.mailbox().work_queued());
+            a.mailbox()
+                .give_work((0..want).map(|_| work.lease(i as u32)));
+        }
+    };
+    top_up(&mut work, &running);
     let mut tally = Tally::new();
     let mut second = Second::new();
     let pb = bar(ctx, name);
@@ -252,13 +278,16 @@ pub(super) fn plain(
             tally.energy += r.energy.0;
             tally.max_temp = tally.max_temp.max(r.temperature.0);
             temperature = r.temperature.0;
-            for a in &mut running {
+            for (i, a) in running.iter_mut().enumerate() {
                 for m in a.drain() {
-                    if let Message::Claim(c) = m {
-                        numbers += tally.claims.offer(c);
+                    if let Message::Claim(c) = m
+                        && work.redeem(i as u32, c.start, c.end).is_ok()
+                    {
+                        numbers += tally.claims.accept(c);
                     }
                 }
             }
+            top_up(&mut work, &running);
             second.add(r.energy.0, numbers);
         }
         let elapsed = start.elapsed();
@@ -281,19 +310,30 @@ pub(super) fn plain(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    for a in &mut running {
+    for (i, a) in running.iter_mut().enumerate() {
         a.kill("experiment arm over");
         for m in a.drain() {
-            if let Message::Claim(c) = m {
-                tally.claims.offer(c);
+            if let Message::Claim(c) = m
+                && work.redeem(i as u32, c.start, c.end).is_ok()
+            {
+                tally.claims.accept(c);
             }
         }
     }
     drop(running);
-    Ok(finish(name, ctx.run, seconds, tally, Vec::new(), &pb))
+    let alive = agents.iter().filter(|m| m.useful).count() as u32;
+    Ok(finish(
+        name,
+        ctx.run,
+        seconds,
+        tally,
+        Vec::new(),
+        alive,
+        &pb,
+    ))
 }
 
-/// What the maxwell arm returns beside its [`Arm`].
+/// What the node arms return beside their [`Arm`].
 pub(super) struct MaxwellEnd {
     /// The arm.
     pub arm: Arm,
@@ -301,64 +341,83 @@ pub(super) struct MaxwellEnd {
     pub leeches_alive: u32,
 }
 
-/// The market: the same agents under the node, with a ledger at `ledger`.
-pub(super) fn maxwell(
+/// Which node arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NodeArm {
+    /// Every agent, funded as the roster says: the market decides.
+    Maxwell,
+    /// The useful agents alone, funded so that money never binds: the same loop, the same
+    /// thermal controller and the same slots, so it bounds what the market can achieve.
+    Oracle,
+}
+
+/// The node, driven as the daemon drives it (its [`Pacer`], its defaults), with a ledger at
+/// `ledger`: the maxwell arm, or the oracle.
+pub(super) fn node(
+    kind: NodeArm,
     sandbox: Box<dyn Sandbox>,
     agents: &[Member],
     ledger: &Path,
     key: &Path,
     ctx: &mut Ctx<'_>,
 ) -> anyhow::Result<MaxwellEnd> {
+    let name = match kind {
+        NodeArm::Maxwell => "maxwell",
+        NodeArm::Oracle => "oracle",
+    };
     let ledger = maxwell_ledger::Ledger::open(ledger, key)?;
     let physics = Physics::open(Path::new("/"), ModelParams::default());
     let config = maxwell_node::tuned_for(MarketConfig::default(), &physics);
     let mut node = Node::new(config, physics, sandbox, Some(ledger))?;
-    let mut ids: Vec<AgentId> = Vec::new();
-    let mut leeches = Vec::new();
+    let mut ids: Vec<(AgentId, &Member)> = Vec::new();
     for m in agents {
-        let id = node.spawn(&m.spec, m.funds, MAX_BID, OPENING_BID)?;
-        ids.push(id);
-        if !m.useful {
-            leeches.push(id);
+        if kind == NodeArm::Oracle && !m.useful {
+            continue;
         }
+        let funds = match kind {
+            NodeArm::Maxwell => m.funds,
+            NodeArm::Oracle => ORACLE_FUNDS,
+        };
+        let id = node.spawn(&m.spec, funds, defaults::MAX_BID, defaults::OPENING_BID)?;
+        ids.push((id, m));
     }
-    node.fund_bounty_pool(Tokens::joules(1_000_000));
+    node.fund_bounty_pool(defaults::BOUNTY_POOL);
     let mut tally = Tally::new();
     let mut second = Second::new();
     let mut deaths = Vec::new();
-    let pb = bar(ctx, "maxwell");
-    let start = Instant::now();
-    let mut report = node.tick(Nanos(0))?;
-    let mut tick = 0u32;
+    let pb = bar(ctx, name);
+    let mut pacer = Pacer::new(QUANTUM);
+    let mut report = node.tick(pacer.now())?;
     loop {
-        let done = start.elapsed() >= ctx.duration;
+        let done = pacer.elapsed() >= ctx.duration;
         if !done {
-            tick += 1;
-            if let Some(wait) = (start + QUANTUM * tick).checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+            let due = pacer.wait();
             let before = Instant::now();
-            report = node.tick(Nanos(start.elapsed().as_nanos() as u64))?;
-            tally.longest = tally.longest.max(before.elapsed());
+            report = node.tick(due.now)?;
+            tally.longest = tally.longest.max(before.elapsed() + due.late);
             tally.energy += report.energy.0;
             tally.max_temp = tally.max_temp.max(report.temperature.0);
             let mut numbers = 0;
             for (_, c) in &report.claims {
-                numbers += tally.claims.offer(*c);
+                numbers += tally.claims.accept(*c);
             }
             for d in &report.deaths {
-                if leeches.contains(&d.agent) {
-                    deaths.push(start.elapsed().as_secs_f64());
-                }
+                let useful = ids.iter().any(|(id, m)| *id == d.agent && m.useful);
+                deaths.push(DeathSummary {
+                    agent: d.name.clone(),
+                    useful,
+                    at_s: pacer.elapsed().as_secs_f64(),
+                    cause: d.cause.clone(),
+                });
             }
             second.add(report.energy.0, numbers);
         }
-        let elapsed = start.elapsed();
+        let elapsed = pacer.elapsed();
         if let Some(c) = second.close(elapsed, done) {
             let market = node.market();
             let states = ids
                 .iter()
-                .map(|&id| {
+                .map(|&(id, _)| {
                     let state = match market.life(id) {
                         Some(Life::Alive) if report.winners.contains(&id) => State::Running,
                         Some(Life::Alive) => State::Frozen,
@@ -369,7 +428,7 @@ pub(super) fn maxwell(
                 })
                 .collect();
             ctx.rows.push(Row {
-                arm: "maxwell",
+                arm: name,
                 run: ctx.run,
                 t_s: c.t_s,
                 temperature_c: f64::from(report.temperature.0) / 1000.0,
@@ -377,7 +436,7 @@ pub(super) fn maxwell(
                 price: Some(report.price),
                 supply: Some(report.supply),
                 work_rate_claimed: c.work_rate_claimed,
-                agents: Some(states),
+                agents: (kind == NodeArm::Maxwell).then_some(states),
             });
         }
         show(&pb, elapsed, ctx.duration);
@@ -385,12 +444,20 @@ pub(super) fn maxwell(
             break;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    node.freeze_all();
+    let seconds = pacer.elapsed().as_secs_f64();
+    let market = node.market();
+    let alive = |useful: bool| {
+        ids.iter()
+            .filter(|(id, m)| m.useful == useful && matches!(market.life(*id), Some(Life::Alive)))
+            .count() as u32
+    };
+    let (useful_alive, leeches_alive) = (alive(true), alive(false));
+    for (agent, e) in node.freeze_all() {
+        eprintln!("warning: {name} arm: could not freeze {agent} at the end: {e}");
+    }
     drop(node);
-    let leeches_alive = leeches.len().saturating_sub(deaths.len()) as u32;
     Ok(MaxwellEnd {
-        arm: finish("maxwell", ctx.run, seconds, tally, deaths, &pb),
+        arm: finish(name, ctx.run, seconds, tally, deaths, useful_alive, &pb),
         leeches_alive,
     })
 }

@@ -18,9 +18,6 @@ const HINT: &str = "each agent is written as\n  [[agent]]\n  name = \"scientist-
 /// Funds when a manifest names none, and of every agent of the default roster.
 pub(super) const DEFAULT_FUNDS: Tokens = Tokens(10_000_000);
 
-/// Width of a scientist's range (both backends sieve ranges of this many numbers).
-const SCIENTIST_WIDTH: u64 = 262_144;
-
 /// The agents shipped with Maxwell (`agents/`), as WAT and as native programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,12 +47,10 @@ impl Builtin {
 /// Where an agent's code comes from.
 #[derive(Debug, Clone)]
 pub(super) enum Source {
-    /// A builtin agent; a scientist sieves from `start` on.
+    /// A builtin agent (a scientist sieves the ranges its host leases to it).
     Builtin {
         /// Which.
         kind: Builtin,
-        /// First number a scientist sieves (0 for the others).
-        start: u64,
     },
     /// A WASM module (binary or text) read from a file.
     Wasm(PathBuf),
@@ -113,12 +108,6 @@ impl Backend {
     }
 }
 
-/// First number of the `i`-th builtin scientist: stretches 10^10 apart, so that no scientist
-/// reaches the next one's start in an arm.
-fn scientist_start(i: u64) -> u64 {
-    1_000_000_000 + i * 10_000_000_000
-}
-
 /// The default roster: leeches first and then alternating. The market breaks ties by age, so
 /// this order gives the leeches every advantage a spawn order can.
 pub(super) fn default_roster(scientists: u32, leeches: u32) -> Vec<Planned> {
@@ -131,7 +120,6 @@ pub(super) fn default_roster(scientists: u32, leeches: u32) -> Vec<Planned> {
                 funds: DEFAULT_FUNDS,
                 source: Source::Builtin {
                     kind: Builtin::Leech,
-                    start: 0,
                 },
                 origin: "default roster".into(),
             });
@@ -143,7 +131,6 @@ pub(super) fn default_roster(scientists: u32, leeches: u32) -> Vec<Planned> {
                 funds: DEFAULT_FUNDS,
                 source: Source::Builtin {
                     kind: Builtin::Scientist,
-                    start: scientist_start(u64::from(i)),
                 },
                 origin: "default roster".into(),
             });
@@ -226,7 +213,6 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Planned>> {
         anyhow::bail!("manifest {shown}: no agents\n{HINT}");
     }
     let mut names = BTreeSet::new();
-    let mut scientists = 0u64;
     let mut out = Vec::new();
     for e in file.agent {
         let line = text[..e.name.span().start.min(text.len())]
@@ -246,15 +232,7 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Planned>> {
             ));
         }
         let source = match (e.builtin, e.wasm, e.native) {
-            (Some(kind), None, None) => {
-                let start = if kind == Builtin::Scientist {
-                    scientists += 1;
-                    scientist_start(scientists - 1)
-                } else {
-                    0
-                };
-                Source::Builtin { kind, start }
-            }
+            (Some(kind), None, None) => Source::Builtin { kind },
             (None, Some(w), None) => {
                 let w = resolve(w);
                 if !w.is_file() {
@@ -337,14 +315,15 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
     };
     for p in planned {
         let program = match (backend, &p.source) {
-            (Backend::Wasm, Source::Builtin { kind, start }) => Program::Wasm {
+            (Backend::Wasm, Source::Builtin { kind }) => Program::Wasm {
                 module: match kind {
-                    Builtin::Scientist => maxwell_agents::scientist_from(*start),
-                    Builtin::Leech => maxwell_agents::LEECH_WAT.into(),
-                    Builtin::Squatter => maxwell_agents::SQUATTER_WAT.into(),
-                    Builtin::Liar => maxwell_agents::LIAR_WAT.into(),
+                    Builtin::Scientist => maxwell_agents::SCIENTIST_WAT,
+                    Builtin::Leech => maxwell_agents::LEECH_WAT,
+                    Builtin::Squatter => maxwell_agents::SQUATTER_WAT,
+                    Builtin::Liar => maxwell_agents::LIAR_WAT,
                 }
-                .into_bytes(),
+                .as_bytes()
+                .to_vec(),
             },
             (Backend::Wasm, Source::Wasm(path)) => Program::Wasm {
                 module: std::fs::read(path).map_err(|e| {
@@ -357,22 +336,15 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
                 p.origin,
                 p.name
             ),
-            (Backend::Process, Source::Builtin { kind, start }) => {
+            (Backend::Process, Source::Builtin { kind }) => {
                 let path = dir.clone().unwrap_or_default().join(kind.program());
                 if !path.is_file() {
                     missing.insert(kind.program());
                 }
-                let args = match kind {
-                    // The native scientist counts ranges: it starts at range k of width W.
-                    Builtin::Scientist => vec![
-                        "--width".into(),
-                        SCIENTIST_WIDTH.to_string(),
-                        "--start".into(),
-                        start.div_ceil(SCIENTIST_WIDTH).to_string(),
-                    ],
-                    Builtin::Leech | Builtin::Squatter | Builtin::Liar => Vec::new(),
-                };
-                Program::Native { path, args }
+                Program::Native {
+                    path,
+                    args: Vec::new(),
+                }
             }
             (Backend::Process, Source::Native { path, args }) => Program::Native {
                 path: path.clone(),
@@ -423,7 +395,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_manifest_reads_builtins_funds_and_starts() {
+    fn a_manifest_reads_builtins_and_funds() {
         let text = "[[agent]]\nname = \"l\"\nbuiltin = \"leech\"\nfunds = 5\n\n\
                     [[agent]]\nname = \"s0\"\nbuiltin = \"scientist\"\nfunds = \"2.5 JOULE\"\n\n\
                     [[agent]]\nname = \"s1\"\nuseful = false\nbuiltin = \"scientist\"\n";
@@ -433,14 +405,12 @@ mod tests {
         assert_eq!(p[0].funds, Tokens(5));
         assert_eq!(p[1].funds, Tokens(2_500_000));
         assert_eq!(p[2].funds, DEFAULT_FUNDS);
-        let starts: Vec<u64> = p
-            .iter()
-            .map(|p| match p.source {
-                Source::Builtin { start, .. } => start,
-                _ => u64::MAX,
-            })
-            .collect();
-        assert_eq!(starts, [0, scientist_start(0), scientist_start(1)]);
+        assert!(matches!(
+            p[1].source,
+            Source::Builtin {
+                kind: Builtin::Scientist
+            }
+        ));
     }
 
     #[test]

@@ -283,12 +283,11 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
         let node = crate::daemon_cli::wait_ready(&client)
             .await
             .map_err(|e| anyhow::anyhow!("{e}; see {}", dir.join("daemon.log").display()))?;
-        for (name, builtin, start) in crate::experiment::demo_cast() {
+        for (name, builtin, funds) in crate::experiment::demo_cast() {
             let req = maxwell_daemon::api::SpawnRequest {
                 name: name.clone(),
                 program: maxwell_daemon::api::ProgramRef {
                     builtin: Some(builtin.into()),
-                    start,
                     ..Default::default()
                 },
                 owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
@@ -299,7 +298,7 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
                     &key,
                     &node.public_key,
                     &name,
-                    Tokens::joules(10),
+                    funds,
                     1,
                 )),
             };

@@ -2,10 +2,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// The market these tests were written for: a bounty of 0.004 JOULE a unit and q = 1%.
+/// The market these tests were written for: a bounty of 0.004 JOULE a unit, q = 1%, and a
+/// price tick of one micro-JOULE (every bid as asked).
 fn market() -> Market {
     Market::new(MarketConfig {
         grace_ticks: 2,
+        bid_tick: Tokens(1),
+        insolvent_below_reserve: false,
         bounty_per_unit: Tokens(4_000),
         audit_ppm: 10_000,
         rent_settle_ticks: 1,
@@ -544,6 +547,9 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
     let mut m = Market::new(MarketConfig {
         rent_per_gib: MilliWatts(0),
         rent_settle_ticks: 4,
+        idle_rent: true,
+        bid_tick: Tokens(1),
+        insolvent_below_reserve: false,
         ..MarketConfig::default()
     })
     .unwrap();
@@ -601,5 +607,179 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
     assert_eq!(out.dying.len(), 1, "{out:?}");
     assert_eq!(m.balance(a), Some(Tokens(0)));
     assert_eq!(m.stats(a).unwrap().spent.rent, Tokens(5_500));
+    m.check_conservation().unwrap();
+}
+
+#[test]
+fn equal_bids_take_turns_least_recently_served() {
+    let mut m = Market::new(MarketConfig {
+        rent_settle_ticks: 1,
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    let mut commands = Vec::new();
+    let mut ids = Vec::new();
+    // Four equals (within a price tick of each other) for two slots.
+    for price in [300_000, 301_000, 302_000, 304_999] {
+        let (a, c) = admit_funded(&mut m, 1_000_000_000, price);
+        ids.push(a);
+        commands.extend(c);
+    }
+    let mut won = [0u32; 4];
+    for t in 1..=400 {
+        let out = m.tick(TickInput {
+            commands: if t == 1 {
+                std::mem::take(&mut commands)
+            } else {
+                Vec::new()
+            },
+            ..cool(t)
+        });
+        assert_eq!(out.clearing.winners.len(), 2);
+        // Equal bids: the uniform price is the tick they share, which every winner bid.
+        assert_eq!(out.clearing.price, Tokens(300_000));
+        for w in out.clearing.winners {
+            won[ids.iter().position(|&a| a == w).unwrap()] += 1;
+        }
+        // Re-bidding the same value keeps its turn.
+        if t % 7 == 0 {
+            let out_bid = Command::Bid {
+                agent: ids[3],
+                price: Tokens(304_999),
+            };
+            commands.push(out_bid);
+        }
+    }
+    assert_eq!(won, [200, 200, 200, 200], "{won:?}");
+}
+
+#[test]
+fn bids_are_rounded_down_to_the_price_tick_and_a_higher_tick_wins() {
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let (a, mut c) = admit_funded(&mut m, 10_000_000, 329_999);
+    let (b, c2) = admit_funded(&mut m, 10_000_000, 330_000);
+    c.extend(c2);
+    let (_, c3) = admit_funded(&mut m, 10_000_000, 200_000);
+    c.extend(c3);
+    let out = m.tick(TickInput {
+        commands: c,
+        ..cool(1)
+    });
+    assert_eq!(m.bid(a).map(|x| x.price), Some(Tokens(315_000)));
+    assert_eq!(m.bid(b).map(|x| x.price), Some(Tokens(330_000)));
+    assert_eq!(out.clearing.price, Tokens(195_000));
+    let cfg = MarketConfig {
+        bid_tick: Tokens(0),
+        ..MarketConfig::default()
+    };
+    assert_eq!(Market::new(cfg).unwrap_err(), MarketConfigError::BidTick);
+}
+
+#[test]
+fn an_agent_that_waits_pays_only_for_the_memory_it_holds() {
+    // The default market bills no idle power: a frozen-out agent holding 2 MiB for a simulated
+    // minute on a machine drawing 10 W idle pays 2 MiB of rent and nothing else.
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let (waiter, mut c) = admit_funded(&mut m, 10_000_000, 0);
+    for _ in 0..2 {
+        let (_, more) = admit_funded(&mut m, 1_000_000_000, 1_000_000);
+        c.extend(more);
+    }
+    let ticks = 6_000u64;
+    for t in 1..=ticks {
+        m.tick(TickInput {
+            commands: if t == 1 {
+                std::mem::take(&mut c)
+            } else {
+                Vec::new()
+            },
+            energy: MicroJoules(100_000),
+            energy_idle: MicroJoules(100_000),
+            usage: vec![Usage {
+                agent: waiter,
+                cpu: Nanos(0),
+                resident: Bytes::mib(2),
+                erased: Bytes(0),
+            }],
+            ..cool(t)
+        });
+    }
+    let spent = 10_000_000 - m.balance(waiter).unwrap().0 - m.rent_due(waiter).unwrap().0;
+    let paid = m.stats(waiter).unwrap().spent;
+    assert_eq!(paid.slots, Tokens::ZERO, "it never won");
+    // 2 MiB at 1 W/GiB for 60 s: 117 mJ, charged per quantum rounded up.
+    let rent = memory_rent(
+        Bytes::mib(2),
+        MilliWatts(1_000),
+        Nanos::from_millis(10),
+        GridPrice(Tokens::joules(1)),
+    );
+    assert!(spent <= (rent.0) * ticks, "{spent} > {}", rent.0 * ticks);
+    assert!(spent >= 117_000, "{spent}");
+    // Ten JOULE lasts that agent more than an hour (a billed share of the 10 W idle draw would
+    // have emptied it in two seconds).
+    assert!(10_000_000 / spent >= 60, "{spent} a minute");
+}
+
+#[test]
+fn equals_straddling_a_tick_boundary_still_share() {
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let mut commands = Vec::new();
+    let mut ids = Vec::new();
+    // 299,999 rounds to 285,000 and 300,001 to 300,000: one tick apart, so one band.
+    for price in [300_001, 299_999, 300_001, 299_999] {
+        let (a, c) = admit_funded(&mut m, 1_000_000_000, price);
+        ids.push(a);
+        commands.extend(c);
+    }
+    // A clearly higher bid wins every time, outside the band.
+    let (rich, c) = admit_funded(&mut m, 1_000_000_000, 400_000);
+    commands.extend(c);
+    let mut won = [0u32; 4];
+    for t in 1..=300 {
+        let out = m.tick(TickInput {
+            commands: std::mem::take(&mut commands),
+            ..cool(t)
+        });
+        assert!(out.clearing.winners.contains(&rich));
+        assert_eq!(out.clearing.winners.len(), 2);
+        // The highest losing bid, capped by the lowest winning one.
+        assert!(out.clearing.price <= Tokens(300_000));
+        assert!(out.clearing.price >= Tokens(285_000));
+        for w in out.clearing.winners {
+            if let Some(i) = ids.iter().position(|&a| a == w) {
+                won[i] += 1;
+            }
+        }
+    }
+    assert_eq!(won, [75, 75, 75, 75], "{won:?}");
+}
+
+#[test]
+fn an_agent_that_cannot_afford_one_slot_dies_and_one_that_can_waits() {
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let (poor, mut c) = admit_funded(&mut m, 149_999, 0);
+    let (able, c2) = admit_funded(&mut m, 150_000, 0);
+    c.extend(c2);
+    let unfunded = m.admit(AgentSpec {
+        max_bid: Tokens(u64::MAX),
+    });
+    let out = m.tick(TickInput {
+        commands: c,
+        ..cool(1)
+    });
+    let dying: Vec<AgentId> = out.dying.iter().map(|d| d.0).collect();
+    assert!(
+        dying.contains(&poor) && dying.contains(&unfunded),
+        "{out:?}"
+    );
+    assert!(!dying.contains(&able));
+    assert!(matches!(
+        &out.dying[0].1,
+        Cause::Insolvent {
+            charge: TransferKind::SlotPayment,
+            ..
+        }
+    ));
     m.check_conservation().unwrap();
 }

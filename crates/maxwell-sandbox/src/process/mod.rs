@@ -663,6 +663,10 @@ impl Agent for ProcessAgent {
         self.mailbox.inform(balance, price);
     }
 
+    fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
     fn status(&mut self) -> Status {
         if let Some(e) = self.reap() {
             return Status::Exited(e);

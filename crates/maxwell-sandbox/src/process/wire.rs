@@ -212,6 +212,11 @@ fn apply(request: Request, name: &str, mailbox: &Mailbox) -> Reply {
         }
         Request::Balance => Reply::Balance(mailbox.balance()),
         Request::Price => Reply::Price(mailbox.price()),
+        Request::Income => {
+            let (income, quanta) = mailbox.income();
+            Reply::Income { income, quanta }
+        }
+        Request::Work => Reply::Work(mailbox.take_work()),
         Request::Log { msg } => {
             mailbox.post(Message::Log(msg));
             Reply::Ok
