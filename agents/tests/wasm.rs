@@ -52,9 +52,9 @@ fn claims(ms: &[Message]) -> Vec<maxwell_core::work::PrimeClaim> {
 fn the_scientist_claims_ranges_that_audits_confirm() {
     let sb = WasmSandbox::new().unwrap();
     let mut a = spawn(&sb, "scientist", SCIENTIST_WAT);
-    // Before 16 quanta it leaves the owner's opening bid alone; then it bids its value, net
-    // income per quantum won.
-    a.mailbox().inform_income(Tokens(3_000_000), 15);
+    // Before its meter holds 8 quanta it leaves the owner's opening bid alone; then it bids its
+    // value, net income per quantum won over the window (which starts after quantum 1).
+    a.mailbox().inform_income(Tokens(100_000), 1);
     let mut work = maxwell_core::work::Dispenser::default();
     let leased: Vec<(u64, u64)> = (0..8).map(|_| work.lease(0)).collect();
     a.mailbox().give_work(leased.iter().copied());
@@ -74,7 +74,7 @@ fn the_scientist_claims_ranges_that_audits_confirm() {
         !ms.iter().any(|m| matches!(m, Message::Bid { .. })),
         "{ms:?}"
     );
-    a.mailbox().inform_income(Tokens(3_200_000), 32);
+    a.mailbox().inform_income(Tokens(12_900_000), 129);
     a.mailbox().give_work([work.lease(0)]);
     let ms = run(&mut a, 10);
     assert_eq!(claims(&ms).len(), 1);

@@ -1,7 +1,8 @@
 ;; scientist: counts primes in the ranges its host leases to it (`work`), with a segmented sieve,
 ;; and claims each range with its count and digest (maxwell_core::work::sieve computes the same,
-;; so audits recheck it). Bids its value: net income over quanta won (`income` / `quanta`), once
-;; it has run 16 quanta (the owner's opening bid stands until then). Memory: bytes 4096.. hold
+;; so audits recheck it). Bids its value: net income per quantum it ran (`income`, `quanta`)
+;; over its last 128 to 256 quanta, once it has 8 (the owner's opening bid, on trial, stands
+;; until then). Memory: bytes 4096.. hold
 ;; the flags (1 MiB for the base sieve, then each segment), bytes 1052672.. the base primes below
 ;; 2^20 (enough for every number below 2^40). Hot loops do several steps per iteration so that
 ;; the interruption check on each loop back-edge is amortised.
@@ -188,8 +189,31 @@
         (br $each)))
     (call $claim (local.get $s) (local.get $e) (local.get $count) (local.get $h)))
 
+  ;; The value meter: two snapshots of (income, quanta run), the older at least 128 quanta
+  ;; before the newer, so the value is measured over the last 128 to 256 quanta run. The first
+  ;; quantum (instantiation, the base sieve) is never inside a window.
+  (global $i0 (mut i64) (i64.const 0)) (global $q0 (mut i64) (i64.const -1))
+  (global $i1 (mut i64) (i64.const 0)) (global $q1 (mut i64) (i64.const 0))
+
+  ;; Net income per quantum run over the window, or -1 while the window is shorter than 8.
+  (func $value (result i64) (local $i i64) (local $q i64)
+    (local.set $i (call $income))
+    (local.set $q (call $quanta))
+    (if (i64.lt_s (global.get $q0) (i64.const 0))
+      (then
+        (if (i64.ge_u (local.get $q) (i64.const 1))
+          (then (global.set $i0 (local.get $i)) (global.set $q0 (local.get $q))
+                (global.set $i1 (local.get $i)) (global.set $q1 (local.get $q))))
+        (return (i64.const -1))))
+    (if (i64.ge_u (i64.sub (local.get $q) (global.get $q1)) (i64.const 128))
+      (then (global.set $i0 (global.get $i1)) (global.set $q0 (global.get $q1))
+            (global.set $i1 (local.get $i)) (global.set $q1 (local.get $q))))
+    (if (i64.lt_u (i64.sub (local.get $q) (global.get $q0)) (i64.const 8))
+      (then (return (i64.const -1))))
+    (i64.div_u (i64.sub (local.get $i) (global.get $i0)) (i64.sub (local.get $q) (global.get $q0))))
+
   (func (export "run")
-    (local $k i64) (local $n i64) (local $q i64)
+    (local $k i64) (local $n i64) (local $v i64)
     (call $log (i32.const 0) (i32.const 32))
     (call $base_primes)
     (loop $forever
@@ -199,9 +223,9 @@
         (then
           (call $sieve (local.get $k) (i64.add (local.get $k) (global.get $W)))
           (local.set $n (i64.add (local.get $n) (i64.const 1)))
-          ;; Bid the value of a quantum: net income per quantum won (the host caps it by the
-          ;; balance). The owner's opening bid stands for the first 16 quanta.
-          (local.set $q (call $quanta))
-          (if (i64.ge_u (local.get $q) (i64.const 16))
-            (then (call $bid (i64.div_u (call $income) (local.get $q)))))))
+          ;; Bid the value of a slot: net income per quantum run over the meter's window
+          ;; (the host caps it by the balance). The owner's opening bid stands until then.
+          (local.set $v (call $value))
+          (if (i64.ge_s (local.get $v) (i64.const 0))
+            (then (call $bid (local.get $v))))))
       (br_if $forever (i64.lt_u (local.get $n) (global.get $RANGES))))))

@@ -1,6 +1,7 @@
 //! The scientist: honest, useful work. It asks the host for the next range leased to it, sieves
 //! it with the segmented sieve, claims it with its count and digest (an audit recomputes them),
-//! and bids its value: net income over quanta won (`maxwell_agent::value_bid`).
+//! and bids its value: net income per quantum run over its last 128 to 256
+//! (`maxwell_agent::ValueMeter`).
 //!
 //! Tuning (`--name N` or `MAXWELL_<NAME>`): `ranges` (how many, default unlimited).
 
@@ -9,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Flow, Host, tuning};
-use maxwell_agent::value_bid;
+use maxwell_agent::ValueMeter;
 use maxwell_core::work::sieve;
 
 fn main() {
@@ -17,6 +18,7 @@ fn main() {
     let mut host = Host::connect("scientist");
     let _ = host.call(|c| c.log("scientist: sieving leased ranges"));
     let mut done = 0u64;
+    let mut meter = ValueMeter::default();
     while done < ranges {
         let (start, end) = match host.call(|c| c.work()) {
             Flow::Done(Some(r)) => r,
@@ -33,7 +35,7 @@ fn main() {
         }
         done += 1;
         let bid = match host.call(|c| Ok((c.income()?, c.balance()?))) {
-            Flow::Done(((income, quanta), balance)) => value_bid(income, quanta, balance),
+            Flow::Done(((income, quanta), balance)) => meter.observe(income, quanta, balance),
             Flow::Skipped => None,
             Flow::Closed => return,
         };

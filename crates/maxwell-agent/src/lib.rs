@@ -69,8 +69,8 @@ pub enum Request {
     Balance,
     /// Asks for the last clearing price.
     Price,
-    /// Asks for the agent's net income (bounties less Landauer tax) and the quanta it has won:
-    /// their ratio is what a quantum is worth to it.
+    /// Asks for the agent's net income (bounties less Landauer tax) and the quanta it has run:
+    /// their ratio is what a slot is worth to it.
     Income,
     /// Asks for the next range of work leased to the agent. Only leased ranges can be claimed.
     Work,
@@ -101,11 +101,11 @@ pub enum Reply {
     Balance(Tokens),
     /// The clearing price (`{"v":1,"price":25}`).
     Price(Tokens),
-    /// Net income and quanta won (`{"v":1,"income":5000,"quanta":3}`).
+    /// Net income and quanta run (`{"v":1,"income":5000,"quanta":3}`).
     Income {
         /// Bounties less Landauer tax, in micro-JOULE.
         income: Tokens,
-        /// Quanta won.
+        /// Quanta run.
         quanta: u64,
     },
     /// A leased range (`{"v":1,"work":[1000000000,1000262144]}`), or none queued yet
@@ -132,7 +132,7 @@ pub struct ReplyLine {
     /// The income, for [`Reply::Income`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub income: Option<Tokens>,
-    /// The quanta won, for [`Reply::Income`].
+    /// The quanta run, for [`Reply::Income`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quanta: Option<u64>,
     /// The range, for [`Reply::Work`]: `[start, end]`, or `[]` when none is queued.
@@ -364,20 +364,53 @@ pub enum ClientError {
     },
 }
 
-/// Quanta an agent runs on its owner's opening bid before its own measurement replaces it.
-pub const VALUE_WARMUP_QUANTA: u64 = 16;
+/// Quanta an agent's value meter needs before it bids (the owner's opening bid stands, on
+/// trial, meanwhile).
+pub const VALUE_WARMUP_QUANTA: u64 = 8;
 
-/// The truthful bid: what one quantum has been worth to the agent, its net income (bounties
-/// less Landauer tax) over the quanta it has won, capped by its balance. `None` until it has run
-/// [`VALUE_WARMUP_QUANTA`] quanta (the owner's opening bid stands meanwhile).
+/// Quanta between the meter's snapshots: it measures over the last 128 to 256 quanta run (1.3
+/// to 2.6 s of running at 10 ms).
+pub const VALUE_WINDOW_QUANTA: u64 = 128;
+
+/// The truthful bid: what one quantum is worth to the agent, its net income (bounties less
+/// Landauer tax) per quantum run, measured over a sliding window of its last 128 to 256 quanta
+/// (its first quantum, with its start-up, is never inside it), capped by its balance. A
+/// lifetime average would lag as the work's cost drifts and freeze agents whose early
+/// estimates were low; a short window is noisy (how much CPU a won quantum really gives varies
+/// with what else the machine runs, by 20% and more between phases).
 ///
 /// Under Maxwell's uniform (k+1)-price auction this is the dominant strategy
 /// (docs/bidding.md): a winner pays the highest losing bid, never its own, so bidding more than
 /// the value only adds wins at prices above it (each a loss) and bidding less only gives up wins
 /// at prices below it (each a gain forgone). A share of the wallet is neither: the rich
 /// overpay, and the poor lose slots their work would have paid for.
-pub fn value_bid(income: Tokens, quanta: u64, balance: Tokens) -> Option<Tokens> {
-    (quanta >= VALUE_WARMUP_QUANTA).then(|| Tokens(income.0 / quanta).min(balance))
+#[derive(Debug, Clone, Default)]
+pub struct ValueMeter {
+    old: Option<(Tokens, u64)>,
+    new: (Tokens, u64),
+}
+
+impl ValueMeter {
+    /// Takes the host's latest `income` and `quanta` run (from `Client::income`); returns the
+    /// bid, capped by `balance`, once the window holds [`VALUE_WARMUP_QUANTA`] quanta.
+    pub fn observe(&mut self, income: Tokens, quanta: u64, balance: Tokens) -> Option<Tokens> {
+        let Some(old) = self.old else {
+            if quanta >= 1 {
+                self.old = Some((income, quanta));
+                self.new = (income, quanta);
+            }
+            return None;
+        };
+        let mut old = old;
+        if quanta.saturating_sub(self.new.1) >= VALUE_WINDOW_QUANTA {
+            old = self.new;
+            self.old = Some(old);
+            self.new = (income, quanta);
+        }
+        let q = quanta.saturating_sub(old.1);
+        (q >= VALUE_WARMUP_QUANTA)
+            .then(|| Tokens(income.0.saturating_sub(old.0.0) / q).min(balance))
+    }
 }
 
 impl ClientError {
@@ -514,7 +547,7 @@ impl Client {
         }
     }
 
-    /// Net income (bounties less Landauer tax) and quanta won, as the host last knew them.
+    /// Net income (bounties less Landauer tax) and quanta run, as the host last knew them.
     pub fn income(&mut self) -> Result<(Tokens, u64), ClientError> {
         match self.request(&Request::Income)? {
             Reply::Income { income, quanta } => Ok((income, quanta)),
@@ -544,6 +577,29 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_value_meter_measures_over_a_sliding_window_after_the_first_quantum() {
+        let mut m = ValueMeter::default();
+        let big = Tokens(u64::MAX);
+        assert_eq!(m.observe(Tokens(0), 0, big), None);
+        // The first quantum earned little (start-up); it is the window's origin, not inside it.
+        assert_eq!(m.observe(Tokens(10), 1, big), None);
+        assert_eq!(m.observe(Tokens(710), 8, big), None);
+        assert_eq!(m.observe(Tokens(810), 9, big), Some(Tokens(100)));
+        // The work's worth changes: after a window or two the bid follows.
+        let mut income = 810;
+        let mut last = None;
+        for q in 10..800 {
+            income += 25;
+            last = m.observe(Tokens(income), q, big);
+        }
+        assert_eq!(last, Some(Tokens(25)));
+        assert_eq!(
+            m.observe(Tokens(income + 50), 800, Tokens(7)),
+            Some(Tokens(7))
+        );
+    }
 
     #[test]
     fn requests_round_trip_with_their_version() {

@@ -70,6 +70,23 @@ pub struct MarketConfig {
     /// place in the book. Default on. An unfunded agent dies at its first tick; a frozen-out
     /// parasite dies as soon as its residue falls below a slot, not after its rent eats it.
     pub insolvent_below_reserve: bool,
+    /// Quanta a new agent may run on its owner's opening bid as a trial: until it has won this
+    /// many (or bid itself), it is ranked among the equals of the marginal band whatever its
+    /// opening bid, and pays at most that bid. Default 16, the quanta an agent needs to measure
+    /// its own value (twice `maxwell_agent::VALUE_WARMUP_QUANTA`). Without trials, agents that
+    /// measured first bid their value and newcomers, still on a lower opening bid, never run.
+    pub trial_quanta: u32,
+    /// Consecutive quanta an equal keeps its slot before it goes behind the other equals (its
+    /// turn). Default 10 (100 ms): turns of one quantum swap every running agent every tick,
+    /// which cost the scientists about 15% of their throughput in caches and resumes.
+    pub turn_quanta: u32,
+    /// Half-width of the band of equals around the marginal (k-th highest) bid, in percent of
+    /// it; never less than one price tick. Default 20. Agents measure their value with noise
+    /// (a quantum run alone is worth more than one beside another agent, so values measured in
+    /// different phases differ by several percent); bids that close are treated as equal and
+    /// served in turn, which keeps equals sharing, and costs a bidder at most this much of
+    /// truthfulness.
+    pub band_pct: u32,
     /// How far real erasure is from Landauer's bound. Default 1e12 (the seed's figure).
     pub landauer_inefficiency: f64,
     /// Bounty per verified unit of useful work (a unit is [`crate::work::UNIT`] = 1,024
@@ -118,6 +135,9 @@ impl Default for MarketConfig {
             idle_rent: false,
             bid_tick: Tokens(15_000),
             insolvent_below_reserve: true,
+            trial_quanta: 16,
+            turn_quanta: 10,
+            band_pct: 20,
             landauer_inefficiency: 1e12,
             bounty_per_unit: Tokens(128),
             audit_ppm: 20_000,
@@ -279,6 +299,10 @@ struct AgentState {
     /// Rank among equal bids: the sequence number of its last win (of its admission before
     /// that). Smaller is served first, so equal bidders take turns (least recently served).
     served: u64,
+    /// Consecutive quanta won in the current turn.
+    streak: u32,
+    /// Whether the standing bid is the agent's own (else its owner's opening bid).
+    own_bid: bool,
     stats: AgentStats,
 }
 
@@ -303,6 +327,15 @@ pub enum Command {
         /// Whose.
         agent: AgentId,
         /// Price per slot per quantum.
+        price: Tokens,
+    },
+    /// Place the owner's opening bid for an agent that has not bid itself yet: it stands until
+    /// the agent's own first bid, and meanwhile the agent is on trial (see
+    /// [`MarketConfig::trial_quanta`]).
+    OpeningBid {
+        /// Whose.
+        agent: AgentId,
+        /// Price per slot per quantum, the most the trial quanta cost.
         price: Tokens,
     },
     /// Withdraw an agent's bid.
@@ -462,6 +495,7 @@ pub struct Market {
     last_offer: Option<Offer>,
     last_temperature: MilliCelsius,
     energy_house: MicroJoules,
+    last_winners: Vec<AgentId>,
 }
 
 impl Market {
@@ -482,6 +516,7 @@ impl Market {
             last_offer: None,
             last_temperature: MilliCelsius(0),
             energy_house: MicroJoules(0),
+            last_winners: Vec::new(),
         })
     }
 
@@ -517,6 +552,8 @@ impl Market {
                 resident: Bytes(0),
                 on_probation: false,
                 served: i as u64,
+                streak: 0,
+                own_bid: false,
                 stats: AgentStats::default(),
             })
             .collect();
@@ -534,6 +571,8 @@ impl Market {
                 resident: Bytes(0),
                 on_probation: false,
                 served: m.agents.len() as u64,
+                streak: 0,
+                own_bid: false,
                 stats: AgentStats::default(),
             });
         }
@@ -568,6 +607,8 @@ impl Market {
             resident: Bytes(0),
             on_probation: false,
             served: self.bid_seq,
+            streak: 0,
+            own_bid: false,
             stats: AgentStats::default(),
         });
         debug_assert_eq!(self.agents.len(), self.books.n_agents());
@@ -674,53 +715,91 @@ impl Market {
         Some(Tokens(capped.0 - capped.0 % tick))
     }
 
-    /// The uniform-price clearing with a band of equals: bids more than one price tick above
-    /// the k-th highest win outright; the bids within one tick of it (the band) are equals and
+    /// The uniform-price clearing with a band of equals: bids more than the band's half-width
+    /// above the k-th highest win outright; the bids within it (the band) are equals and
     /// share the remaining slots least recently served first; every winner pays the highest
     /// losing bid (at least the reserve), never more than the lowest winning bid. Bids below
     /// the reserve never win. Without the band, equals whose measured values straddle a tick
     /// boundary would split into a class that always wins and one that never does.
-    fn clear(&self, supply: u32, reserve: Tokens) -> Clearing {
+    fn clear(&self, supply: u32, reserve: Tokens) -> (Clearing, Vec<(AgentId, Tokens)>) {
         let k = supply as usize;
         let tick = self.config.bid_tick.0.max(1);
-        let mut eligible = self.book.iter().take_while(|b| b.price >= reserve);
-        let top: Vec<Bid> = eligible.by_ref().take(k).collect();
-        let Some(kth) = top.last().filter(|_| top.len() == k).map(|b| b.price) else {
-            // Fewer bids at the reserve than slots: all of them win, at the reserve.
-            return Clearing {
-                winners: top.iter().map(|b| b.agent).collect(),
-                price: reserve,
-            };
+        let on_trial = |b: &Bid| {
+            let a = &self.agents[b.agent.0 as usize];
+            !a.own_bid && a.stats.quanta_won < u64::from(self.config.trial_quanta)
         };
-        let (lo, hi) = (
-            Tokens(kth.0.saturating_sub(tick)),
-            Tokens(kth.0.saturating_add(tick)),
-        );
-        let mut winners: Vec<Bid> = top.iter().filter(|b| b.price > hi).copied().collect();
-        let mut band: Vec<Bid> = top.iter().filter(|b| b.price <= hi).copied().collect();
-        let mut below = None;
-        for b in eligible {
-            if b.price >= lo {
-                band.push(b);
-            } else {
-                below = Some(b.price);
-                break;
-            }
+        let eligible: Vec<Bid> = self
+            .book
+            .iter()
+            .take_while(|b| b.price >= reserve)
+            .collect();
+        let (trials, limits): (Vec<Bid>, Vec<Bid>) = eligible.into_iter().partition(on_trial);
+        let pay = |winners: &[Bid], trial: &[Bid], price: Tokens| {
+            let mut paid: Vec<(AgentId, Tokens)> =
+                winners.iter().map(|b| (b.agent, price)).collect();
+            paid.extend(trial.iter().map(|b| (b.agent, price.min(b.price))));
+            paid
+        };
+        if limits.len() + trials.len() <= k {
+            // Fewer bids at the reserve than slots: all of them win, at the reserve.
+            let price = reserve;
+            let winners = limits.iter().chain(&trials).map(|b| b.agent).collect();
+            return (Clearing { winners, price }, pay(&limits, &trials, price));
         }
+        // The band: limit bids within one tick of the k-th highest (or, with fewer limit bids
+        // than slots, all of them), plus every trial.
+        let kth = limits.get(k.saturating_sub(1)).map_or(reserve, |b| b.price);
+        let half = (kth.0 / 100)
+            .saturating_mul(u64::from(self.config.band_pct))
+            .max(tick);
+        let (lo, hi) = (
+            Tokens(kth.0.saturating_sub(half)),
+            Tokens(kth.0.saturating_add(half)),
+        );
+        let mut winners: Vec<Bid> = limits.iter().filter(|b| b.price > hi).copied().collect();
+        let winners_sure = winners.len().min(k);
+        winners.truncate(winners_sure);
+        let mut band: Vec<Bid> = limits
+            .iter()
+            .filter(|b| b.price <= hi && b.price >= lo)
+            .copied()
+            .chain(trials.iter().copied())
+            .collect();
         band.sort_by_key(|b| (b.placed_at, b.agent));
         let need = k - winners.len();
-        winners.extend_from_slice(&band[..need]);
-        let highest_loser = band[need..]
+        let (band_won, band_lost) = band.split_at(need.min(band.len()));
+        let mut trial_won = Vec::new();
+        for b in band_won {
+            if on_trial(b) {
+                trial_won.push(*b);
+            } else {
+                winners.push(*b);
+            }
+        }
+        // The price: the highest losing limit bid (in the band or below it), at least the
+        // reserve, never above a limit winner's bid. Trials set no price and pay at most their
+        // own opening bid.
+        let highest_loser = band_lost
             .iter()
+            .filter(|b| !on_trial(b))
             .map(|b| b.price)
-            .chain(below)
+            .chain(limits.iter().map(|b| b.price).find(|&p| p < lo))
             .max()
             .unwrap_or(Tokens::ZERO);
-        let lowest_winner = winners.iter().map(|b| b.price).min().unwrap_or(reserve);
-        Clearing {
-            winners: winners.iter().map(|b| b.agent).collect(),
-            price: highest_loser.max(reserve).min(lowest_winner),
-        }
+        let lowest_winner = winners
+            .iter()
+            .map(|b| b.price)
+            .min()
+            .unwrap_or(Tokens(u64::MAX));
+        let price = highest_loser.max(reserve).min(lowest_winner);
+        let all: Vec<AgentId> = winners.iter().chain(&trial_won).map(|b| b.agent).collect();
+        (
+            Clearing {
+                winners: all,
+                price,
+            },
+            pay(&winners, &trial_won, price),
+        )
     }
 
     /// Re-prices a standing bid after the balance moved; keeps the bid's age.
@@ -865,9 +944,16 @@ impl Market {
                 self.books.apply(&t).map_err(|_| Refusal::Overflow)?;
                 batch.transfers.push(t);
             }
-            Command::Bid { agent, price } => {
+            Command::Bid { agent, price } | Command::OpeningBid { agent, price } => {
                 self.alive(*agent)?;
-                self.agents[agent.0 as usize].requested = Some(*price);
+                let own = matches!(cmd, Command::Bid { .. });
+                let a = &mut self.agents[agent.0 as usize];
+                if !own && a.own_bid {
+                    // The agent already speaks for itself.
+                    return Ok(());
+                }
+                a.own_bid = own;
+                a.requested = Some(*price);
                 let effective = self.effective_bid(*agent).unwrap_or(Tokens::ZERO);
                 // A new bid keeps the agent's place among equals: priority is least recently
                 // served, not oldest bid, so re-bidding the same value costs no turn.
@@ -1167,36 +1253,46 @@ impl Market {
 
         // 6. Clear; winners pay the uniform price. Bids are capped by balances, so every winner
         // can pay.
-        let clearing = self.clear(offer.supply, offer.reserve);
+        let (clearing, payments) = self.clear(offer.supply, offer.reserve);
         assert!(clearing.winners.len() <= offer.supply as usize);
-        for &w in &clearing.winners {
+        for &(w, price) in &payments {
             let bid = self.book.get(w).map_or(Tokens::ZERO, |b| b.price);
-            assert!(
-                bid >= clearing.price,
-                "a winner never pays more than its bid"
-            );
+            assert!(bid >= price, "a winner never pays more than its bid");
             self.post(
                 &mut batch,
                 Transfer {
                     from: Account::Agent(w),
                     to: Account::HouseEnergy,
-                    amount: clearing.price,
+                    amount: price,
                     kind: TransferKind::SlotPayment,
                 },
             );
-            let s = &mut self.agents[w.0 as usize].stats;
-            s.quanta_won += 1;
-            s.spent.slots = s.spent.slots.saturating_add(clearing.price);
-            // Served now: behind every equal bidder for the next clearing.
-            self.bid_seq += 1;
-            self.agents[w.0 as usize].served = self.bid_seq;
+            let turn = self.config.turn_quanta.max(1);
+            let a = &mut self.agents[w.0 as usize];
+            a.stats.quanta_won += 1;
+            a.stats.spent.slots = a.stats.spent.slots.saturating_add(price);
+            // A turn over: behind every equal bidder for the next clearing.
+            a.streak += 1;
+            let requeue = a.streak >= turn;
+            if requeue {
+                a.streak = 0;
+                self.bid_seq += 1;
+                a.served = self.bid_seq;
+            }
+            let served = a.served;
             if let Some(price) = self.effective_bid(w) {
                 let placed = self.book.place(Bid {
                     agent: w,
                     price,
-                    placed_at: self.bid_seq,
+                    placed_at: served,
                 });
                 debug_assert!(placed.is_ok(), "bid_seq never reaches u64::MAX");
+            }
+        }
+        // An equal that lost its slot mid-turn starts its next turn afresh.
+        for prev in std::mem::replace(&mut self.last_winners, clearing.winners.clone()) {
+            if !clearing.winners.contains(&prev) {
+                self.agents[prev.0 as usize].streak = 0;
             }
         }
 

@@ -102,6 +102,9 @@ struct Slot {
     /// say (no CPU, no words), so it is polled only every [`FROZEN_POLL`] ticks: idle agents
     /// cost the tick loop almost nothing.
     frozen_for: u64,
+    /// Quanta it had won when its words were last drained: the income the market has paid it
+    /// covers exactly those (its claims are paid the tick they are drained).
+    quanta_drained: u64,
 }
 
 /// How often a frozen agent's usage and status are read anyway (exits while frozen, such as a
@@ -237,7 +240,7 @@ impl Node {
                 amount: funds,
             });
         }
-        self.commands.push(Command::Bid {
+        self.commands.push(Command::OpeningBid {
             agent: id,
             price: opening_bid,
         });
@@ -250,6 +253,7 @@ impl Node {
                 killed: false,
                 exit_reported: false,
                 frozen_for: 0,
+                quanta_drained: 0,
             },
         );
         Ok(id)
@@ -291,7 +295,7 @@ impl Node {
                 continue;
             }
             let agent = node.sandbox.spawn(spec)?;
-            node.commands.push(Command::Bid {
+            node.commands.push(Command::OpeningBid {
                 agent: id,
                 price: *opening,
             });
@@ -304,6 +308,7 @@ impl Node {
                     killed: false,
                     exit_reported: false,
                     frozen_for: 0,
+                    quanta_drained: 0,
                 },
             );
         }
@@ -405,6 +410,7 @@ impl Node {
             }
             // A dying agent's words no longer trade: it is frozen out of the market.
             let alive = matches!(self.market.life(id), Some(Life::Alive));
+            slot.quanta_drained = self.market.stats(id).map_or(0, |s| s.quanta_won);
             for m in slot.agent.drain() {
                 if !alive {
                     continue;
@@ -522,13 +528,16 @@ impl Node {
                 // a frozen agent reads nothing.
                 slot.agent
                     .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
-                // Income so far covers the quanta already run, not the one just won (its claims
-                // are paid next tick): told the quanta run, the ratio is not biased low.
+                // Income so far covers the quanta it had run when its words were last drained
+                // (a frozen agent is drained only every few ticks): told those, the ratio is the
+                // value of a won quantum as the agent really gets it, not biased low by claims
+                // still in its mailbox. (Valuing CPU time instead overbid: a won quantum is less
+                // than a whole CPU on a busy machine, and equals paid more than they earned.)
                 if let Some(s) = self.market.stats(id) {
                     let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
                     slot.agent
                         .mailbox()
-                        .inform_income(Tokens(income), s.quanta_won.saturating_sub(1));
+                        .inform_income(Tokens(income), slot.quanta_drained);
                 }
                 let mailbox = slot.agent.mailbox();
                 let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());

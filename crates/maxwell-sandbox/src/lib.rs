@@ -322,14 +322,14 @@ impl Mailbox {
     }
 
     /// Sets what the agent is told of its own record: what its work earned net of the tax on
-    /// what it erased (bounties less Landauer tax), and the quanta it has won. Their ratio is
-    /// the value of a quantum to it, which is what a truthful agent bids.
+    /// what it erased (bounties less Landauer tax), and the quanta it has run. Their ratio is
+    /// the value of a slot to it, which is what a truthful agent bids.
     pub fn inform_income(&self, income: Tokens, quanta: u64) {
         self.income.store(income.0, Ordering::Relaxed);
         self.quanta.store(quanta, Ordering::Relaxed);
     }
 
-    /// Net income and quanta won, as last told.
+    /// Net income and quanta run, as last told.
     pub fn income(&self) -> (Tokens, u64) {
         (
             Tokens(self.income.load(Ordering::Relaxed)),

@@ -338,6 +338,7 @@ impl Scenario {
     /// The core market configuration this scenario describes.
     pub fn market_config(&self, seed: u64) -> MarketConfig {
         let m = &self.market;
+        let base = MarketConfig::default();
         let rc = self.rc_params();
         // The controller may sustain what keeps the die at the control temperature, less what
         // the idle machine already draws.
@@ -363,6 +364,9 @@ impl Scenario {
             idle_rent: m.idle_rent,
             bid_tick: m.bid_tick,
             insolvent_below_reserve: true,
+            trial_quanta: base.trial_quanta,
+            turn_quanta: base.turn_quanta,
+            band_pct: base.band_pct,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_prime,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),

@@ -58,6 +58,9 @@ pub(super) struct Arm {
     pub deaths: Vec<DeathSummary>,
     /// Agents with `useful = true` alive at the end (every one of them, for the plain arms).
     pub useful_alive_at_end: u32,
+    /// Each agent's end of the arm (node arms): its share of the slot-time, its wallet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentEnd>,
     /// The longest quantum (plain arms: one sleep and sample) or tick (maxwell arm: one
     /// `Node::tick`, ledger commit included). Far above the 10 ms quantum means the arm stalled
     /// (a slow disk under the ledger's fsync, a busy machine) and its agents ran on
@@ -76,6 +79,27 @@ pub(super) struct DeathSummary {
     pub at_s: f64,
     /// The cause, from the ledger.
     pub cause: String,
+}
+
+/// One agent at the end of a node arm.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct AgentEnd {
+    /// The agent.
+    pub agent: String,
+    /// Whether it is useful.
+    pub useful: bool,
+    /// Quanta it won.
+    pub quanta_won: u64,
+    /// Its share of the slot-time sold in the arm.
+    pub slot_share: f64,
+    /// Wallet at the end, JOULE.
+    pub balance_j: f64,
+    /// Bounties received, JOULE.
+    pub bounties_j: f64,
+    /// Paid for slots, JOULE.
+    pub slots_j: f64,
+    /// Alive at the end.
+    pub alive: bool,
 }
 
 /// What every arm of a run shares.
@@ -222,6 +246,7 @@ fn finish(
             .collect(),
         deaths,
         useful_alive_at_end,
+        agents: Vec::new(),
         longest_tick_ms: t.longest.as_secs_f64() * 1000.0,
     };
     pb.finish_with_message(format!(
@@ -452,12 +477,33 @@ pub(super) fn node(
             .count() as u32
     };
     let (useful_alive, leeches_alive) = (alive(true), alive(false));
+    let sold: u64 = ids
+        .iter()
+        .filter_map(|(id, _)| market.stats(*id))
+        .map(|s| s.quanta_won)
+        .sum();
+    let j = |t: Tokens| t.0 as f64 / 1e6;
+    let ends: Vec<AgentEnd> = ids
+        .iter()
+        .filter_map(|(id, m)| {
+            let s = market.stats(*id)?;
+            Some(AgentEnd {
+                agent: m.spec.name.clone(),
+                useful: m.useful,
+                quanta_won: s.quanta_won,
+                slot_share: s.quanta_won as f64 / sold.max(1) as f64,
+                balance_j: j(market.balance(*id).unwrap_or(Tokens::ZERO)),
+                bounties_j: j(s.bounties),
+                slots_j: j(s.spent.slots),
+                alive: matches!(market.life(*id), Some(Life::Alive)),
+            })
+        })
+        .collect();
     for (agent, e) in node.freeze_all() {
         eprintln!("warning: {name} arm: could not freeze {agent} at the end: {e}");
     }
     drop(node);
-    Ok(MaxwellEnd {
-        arm: finish(name, ctx.run, seconds, tally, deaths, useful_alive, &pb),
-        leeches_alive,
-    })
+    let mut arm = finish(name, ctx.run, seconds, tally, deaths, useful_alive, &pb);
+    arm.agents = ends;
+    Ok(MaxwellEnd { arm, leeches_alive })
 }

@@ -736,7 +736,7 @@ fn equals_straddling_a_tick_boundary_still_share() {
     let (rich, c) = admit_funded(&mut m, 1_000_000_000, 400_000);
     commands.extend(c);
     let mut won = [0u32; 4];
-    for t in 1..=300 {
+    for t in 1..=400 {
         let out = m.tick(TickInput {
             commands: std::mem::take(&mut commands),
             ..cool(t)
@@ -752,7 +752,7 @@ fn equals_straddling_a_tick_boundary_still_share() {
             }
         }
     }
-    assert_eq!(won, [75, 75, 75, 75], "{won:?}");
+    assert_eq!(won, [100, 100, 100, 100], "{won:?}");
 }
 
 #[test]
@@ -782,4 +782,57 @@ fn an_agent_that_cannot_afford_one_slot_dies_and_one_that_can_waits() {
         }
     ));
     m.check_conservation().unwrap();
+}
+
+#[test]
+fn a_newcomer_on_its_opening_bid_gets_a_trial_beside_incumbents_that_bid_more() {
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let mut commands = Vec::new();
+    let mut incumbents = Vec::new();
+    for _ in 0..2 {
+        let (a, c) = admit_funded(&mut m, 1_000_000_000, 300_000);
+        incumbents.push(a);
+        commands.extend(c);
+    }
+    let newcomer = m.admit(AgentSpec {
+        max_bid: Tokens(u64::MAX),
+    });
+    commands.push(Command::Fund {
+        agent: newcomer,
+        amount: Tokens(10_000_000),
+    });
+    commands.push(Command::OpeningBid {
+        agent: newcomer,
+        price: Tokens(200_000),
+    });
+    let mut newcomer_won = 0;
+    let mut newcomer_paid = Tokens::ZERO;
+    for t in 1..=100 {
+        let out = m.tick(TickInput {
+            commands: std::mem::take(&mut commands),
+            ..cool(t)
+        });
+        if out.clearing.winners.contains(&newcomer) {
+            newcomer_won += 1;
+        }
+        newcomer_paid = m.stats(newcomer).unwrap().spent.slots;
+    }
+    // Its trial: exactly `trial_quanta` quanta, each at most its opening bid.
+    assert_eq!(newcomer_won, 16);
+    assert!(newcomer_paid <= Tokens(16 * 195_000), "{newcomer_paid}");
+    // A later opening bid does not override the agent's own.
+    m.tick(TickInput {
+        commands: vec![
+            Command::Bid {
+                agent: newcomer,
+                price: Tokens(600_000),
+            },
+            Command::OpeningBid {
+                agent: newcomer,
+                price: Tokens(1),
+            },
+        ],
+        ..cool(101)
+    });
+    assert_eq!(m.bid(newcomer).map(|b| b.price), Some(Tokens(600_000)));
 }
