@@ -52,7 +52,7 @@ fn claims(ms: &[Message]) -> Vec<maxwell_core::work::PrimeClaim> {
 fn the_scientist_claims_ranges_that_audits_confirm() {
     let sb = WasmSandbox::new().unwrap();
     let mut a = spawn(&sb, "scientist", SCIENTIST_WAT);
-    // Before its meter holds 8 quanta it leaves the owner's opening bid alone; then it bids its
+    // Before its meter holds 24 quanta it leaves the owner's opening bid alone; then it bids its
     // value, net income per quantum won over the window (which starts after quantum 1).
     a.mailbox().inform_income(Tokens(100_000), 1);
     let mut work = maxwell_core::work::Dispenser::default();

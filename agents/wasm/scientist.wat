@@ -1,7 +1,7 @@
 ;; scientist: counts primes in the ranges its host leases to it (`work`), with a segmented sieve,
 ;; and claims each range with its count and digest (maxwell_core::work::sieve computes the same,
 ;; so audits recheck it). Bids its value: net income per quantum it ran (`income`, `quanta`)
-;; over its last 128 to 256 quanta, once it has 8 (the owner's opening bid, on trial, stands
+;; over its last 128 to 256 quanta, once it has 24 (the owner's opening bid, on trial, stands
 ;; until then). Memory: bytes 4096.. hold
 ;; the flags (1 MiB for the base sieve, then each segment), bytes 1052672.. the base primes below
 ;; 2^20 (enough for every number below 2^40). Hot loops do several steps per iteration so that
@@ -195,7 +195,7 @@
   (global $i0 (mut i64) (i64.const 0)) (global $q0 (mut i64) (i64.const -1))
   (global $i1 (mut i64) (i64.const 0)) (global $q1 (mut i64) (i64.const 0))
 
-  ;; Net income per quantum run over the window, or -1 while the window is shorter than 8.
+  ;; Net income per quantum run over the window, or -1 while the window is shorter than 24.
   (func $value (result i64) (local $i i64) (local $q i64)
     (local.set $i (call $income))
     (local.set $q (call $quanta))
@@ -208,7 +208,7 @@
     (if (i64.ge_u (i64.sub (local.get $q) (global.get $q1)) (i64.const 128))
       (then (global.set $i0 (global.get $i1)) (global.set $q0 (global.get $q1))
             (global.set $i1 (local.get $i)) (global.set $q1 (local.get $q))))
-    (if (i64.lt_u (i64.sub (local.get $q) (global.get $q0)) (i64.const 8))
+    (if (i64.lt_u (i64.sub (local.get $q) (global.get $q0)) (i64.const 24))
       (then (return (i64.const -1))))
     (i64.div_u (i64.sub (local.get $i) (global.get $i0)) (i64.sub (local.get $q) (global.get $q0))))
 

@@ -366,7 +366,7 @@ pub enum ClientError {
 
 /// Quanta an agent's value meter needs before it bids (the owner's opening bid stands, on
 /// trial, meanwhile).
-pub const VALUE_WARMUP_QUANTA: u64 = 8;
+pub const VALUE_WARMUP_QUANTA: u64 = 24;
 
 /// Quanta between the meter's snapshots: it measures over the last 128 to 256 quanta run (1.3
 /// to 2.6 s of running at 10 ms).
@@ -585,12 +585,12 @@ mod tests {
         assert_eq!(m.observe(Tokens(0), 0, big), None);
         // The first quantum earned little (start-up); it is the window's origin, not inside it.
         assert_eq!(m.observe(Tokens(10), 1, big), None);
-        assert_eq!(m.observe(Tokens(710), 8, big), None);
-        assert_eq!(m.observe(Tokens(810), 9, big), Some(Tokens(100)));
+        assert_eq!(m.observe(Tokens(2310), 24, big), None);
+        assert_eq!(m.observe(Tokens(2410), 25, big), Some(Tokens(100)));
         // The work's worth changes: after a window or two the bid follows.
-        let mut income = 810;
+        let mut income = 2410;
         let mut last = None;
-        for q in 10..800 {
+        for q in 26..800 {
             income += 25;
             last = m.observe(Tokens(income), q, big);
         }

@@ -70,11 +70,12 @@ pub struct MarketConfig {
     /// place in the book. Default on. An unfunded agent dies at its first tick; a frozen-out
     /// parasite dies as soon as its residue falls below a slot, not after its rent eats it.
     pub insolvent_below_reserve: bool,
-    /// Quanta a new agent may run on its owner's opening bid as a trial: until it has won this
-    /// many (or bid itself), it is ranked among the equals of the marginal band whatever its
-    /// opening bid, and pays at most that bid. Default 16, the quanta an agent needs to measure
-    /// its own value (twice `maxwell_agent::VALUE_WARMUP_QUANTA`). Without trials, agents that
-    /// measured first bid their value and newcomers, still on a lower opening bid, never run.
+    /// Quanta a new agent runs as a trial: until it has won this many, it is ranked among the
+    /// equals of the marginal band whatever its bid, and pays at most its bid. Default 32: an
+    /// agent measures its value over its first 24 quanta (`maxwell_agent::VALUE_WARMUP_QUANTA`)
+    /// and bids it from then on, still inside its trial. Without trials, agents that measured
+    /// first bid their value and newcomers, still on a lower opening bid, never run; with a trial
+    /// shorter than the measurement, a first estimate biased low froze an agent out.
     pub trial_quanta: u32,
     /// Consecutive quanta an equal keeps its slot before it goes behind the other equals (its
     /// turn). Default 10 (100 ms): turns of one quantum swap every running agent every tick,
@@ -135,7 +136,7 @@ impl Default for MarketConfig {
             idle_rent: false,
             bid_tick: Tokens(15_000),
             insolvent_below_reserve: true,
-            trial_quanta: 16,
+            trial_quanta: 32,
             turn_quanta: 10,
             band_pct: 20,
             landauer_inefficiency: 1e12,
@@ -725,8 +726,7 @@ impl Market {
         let k = supply as usize;
         let tick = self.config.bid_tick.0.max(1);
         let on_trial = |b: &Bid| {
-            let a = &self.agents[b.agent.0 as usize];
-            !a.own_bid && a.stats.quanta_won < u64::from(self.config.trial_quanta)
+            self.agents[b.agent.0 as usize].stats.quanta_won < u64::from(self.config.trial_quanta)
         };
         let eligible: Vec<Bid> = self
             .book

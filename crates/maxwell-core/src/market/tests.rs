@@ -818,8 +818,8 @@ fn a_newcomer_on_its_opening_bid_gets_a_trial_beside_incumbents_that_bid_more() 
         newcomer_paid = m.stats(newcomer).unwrap().spent.slots;
     }
     // Its trial: exactly `trial_quanta` quanta, each at most its opening bid.
-    assert_eq!(newcomer_won, 16);
-    assert!(newcomer_paid <= Tokens(16 * 195_000), "{newcomer_paid}");
+    assert_eq!(newcomer_won, 32);
+    assert!(newcomer_paid <= Tokens(32 * 195_000), "{newcomer_paid}");
     // A later opening bid does not override the agent's own.
     m.tick(TickInput {
         commands: vec![
