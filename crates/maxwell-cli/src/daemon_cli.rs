@@ -448,6 +448,37 @@ impl Drop for ChildDaemon {
     }
 }
 
+/// Spawns the demo's cast (4 scientists, 4 leeches, built-in, each funded as the experiment's
+/// default roster is) on a daemon, signed by `key`. `maxwell demo --tui` and `maxwell soak`.
+pub(crate) async fn spawn_demo_cast(
+    client: &Client,
+    key: &ed25519_dalek::SigningKey,
+    node: &NodeInfo,
+) -> anyhow::Result<()> {
+    for (name, builtin, funds) in crate::experiment::demo_cast() {
+        let req = SpawnRequest {
+            name: name.clone(),
+            program: ProgramRef {
+                builtin: Some(builtin.into()),
+                ..Default::default()
+            },
+            owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
+            max_bid: None,
+            opening_bid: None,
+            memory_max: None,
+            fund: Some(maxwell_daemon::sign::sign_fund(
+                key,
+                &node.public_key,
+                &name,
+                funds,
+                1,
+            )),
+        };
+        let _: AgentView = client.call("POST", "/v1/agents", Some(&req)).await?;
+    }
+    Ok(())
+}
+
 /// Waits up to 30 s for a daemon to answer, and returns who it is.
 pub(crate) async fn wait_ready(client: &Client) -> anyhow::Result<NodeInfo> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

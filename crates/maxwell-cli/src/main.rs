@@ -15,6 +15,7 @@ mod ledger;
 mod sandbox_bench;
 mod sensors;
 mod simulate;
+mod soak;
 mod top;
 
 use std::io::{self, Write};
@@ -103,6 +104,9 @@ enum Command {
     /// Measure performance against baselines in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The demo's roster (4 scientists, 4 leeches) on a real daemon for minutes (default 10m):
+    /// survivors, balances, deaths and their causes, tick lateness.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
+        Command::Soak(a) => soak::run(&a),
         Command::Ledger(c) => ledger::run(&c),
         Command::Experiment(a) => experiment::run(&a),
         Command::Daemon(a) => daemon_cli::daemon(&a),

@@ -283,27 +283,7 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
         let node = crate::daemon_cli::wait_ready(&client)
             .await
             .map_err(|e| anyhow::anyhow!("{e}; see {}", dir.join("daemon.log").display()))?;
-        for (name, builtin, funds) in crate::experiment::demo_cast() {
-            let req = maxwell_daemon::api::SpawnRequest {
-                name: name.clone(),
-                program: maxwell_daemon::api::ProgramRef {
-                    builtin: Some(builtin.into()),
-                    ..Default::default()
-                },
-                owner: maxwell_daemon::sign::hex(key.verifying_key().as_bytes()),
-                max_bid: None,
-                opening_bid: None,
-                memory_max: None,
-                fund: Some(maxwell_daemon::sign::sign_fund(
-                    &key,
-                    &node.public_key,
-                    &name,
-                    funds,
-                    1,
-                )),
-            };
-            let _: AgentView = client.call("POST", "/v1/agents", Some(&req)).await?;
-        }
+        crate::daemon_cli::spawn_demo_cast(&client, &key, &node).await?;
         anyhow::Ok(())
     })?;
     drop(rt);
