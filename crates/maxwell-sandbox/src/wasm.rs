@@ -706,12 +706,34 @@ impl Agent for WasmAgent {
         }
         self.shared.want.store(WANT_PAUSE, Ordering::Release);
         self.ticking(false);
-        if self.epoch {
-            // Bring every store's deadline forward: this agent yields within microseconds; the
-            // others' callbacks see no pause request and continue.
-            self.engine.increment_epoch();
+        if !self.epoch {
+            return self.wait_for("pause", |is| is != Is::Running);
         }
-        self.wait_for("pause", |is| is != Is::Running)
+        // Bring every store's deadline forward: this agent yields within microseconds; the
+        // others' callbacks see no pause request and continue. The epoch is advanced again
+        // every millisecond until the agent is parked: a callback that read the old request
+        // just before it changed sets its next deadline past this one bump, and with the
+        // ticker stopped nothing else would advance the epoch (the pause then timed out).
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut g = self.shared.lock();
+        loop {
+            if g.0 != Is::Running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout {
+                    name: self.name.clone(),
+                    what: "pause",
+                });
+            }
+            self.engine.increment_epoch();
+            g = self
+                .shared
+                .cv
+                .wait_timeout(g, Duration::from_millis(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     fn kill(&mut self, reason: &str) -> Exit {
