@@ -448,6 +448,25 @@ impl Drop for ChildDaemon {
     }
 }
 
+/// A daemon child on a fresh `reports/<what>-<unix time>` directory under `data`, logging to
+/// `daemon.log` there: the directory, the daemon, a client on its socket and the owner's key.
+/// `maxwell demo --tui` and `maxwell soak`.
+pub(crate) fn fresh_daemon(
+    data: &Path,
+    what: &str,
+) -> anyhow::Result<(PathBuf, ChildDaemon, Client, ed25519_dalek::SigningKey)> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = data.join("reports").join(format!("{what}-{stamp}"));
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let daemon = ChildDaemon::start(&dir, log.into())?;
+    let client = Client::new(&dir.join("maxwell.sock"));
+    let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
+    Ok((dir, daemon, client, key))
+}
+
 /// Spawns the demo's cast (4 scientists, 4 leeches, built-in, each funded as the experiment's
 /// default roster is) on a daemon, signed by `key`. `maxwell demo --tui` and `maxwell soak`.
 pub(crate) async fn spawn_demo_cast(

@@ -9,7 +9,6 @@ use clap::Args;
 use serde::Serialize;
 
 use maxwell_daemon::api::{AgentView, Stats};
-use maxwell_daemon::client::Client;
 
 use crate::Exit;
 
@@ -66,15 +65,7 @@ pub(crate) fn run(a: &SoakArgs) -> anyhow::Result<Exit> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::ledger::default_data_dir);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = data.join("reports").join(format!("soak-{stamp}"));
-    std::fs::create_dir_all(&dir)?;
-    let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let _daemon = crate::daemon_cli::ChildDaemon::start(&dir, log.into())?;
-    let client = Client::new(&dir.join("maxwell.sock"));
-    let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
+    let (dir, _daemon, client, key) = crate::daemon_cli::fresh_daemon(&data, "soak")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -435,7 +435,19 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
             if !alive_before[i] {
                 violations.push(format!("tick {t}: {} won while not alive", agents[i].name));
             }
-            if agents[i].bid.is_none_or(|b| b < outcome.clearing.price) {
+            // What it paid: the uniform price, or less for an agent on trial.
+            let paid = outcome
+                .batch
+                .transfers
+                .iter()
+                .filter(|x| {
+                    x.kind == maxwell_core::TransferKind::SlotPayment
+                        && x.from == maxwell_core::Account::Agent(*w)
+                })
+                .map(|x| x.amount)
+                .max()
+                .unwrap_or(Tokens::ZERO);
+            if agents[i].bid.is_none_or(|b| b < paid) {
                 violations.push(format!("tick {t}: {} paid above its bid", agents[i].name));
             }
         }

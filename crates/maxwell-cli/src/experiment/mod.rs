@@ -235,6 +235,19 @@ impl Sandboxes {
     }
 }
 
+/// Removes an earlier run's ledger at `path` (and its WAL files), if any: each arm starts a new
+/// chain. A file that is not there is the normal case.
+fn fresh_ledger(path: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let f = format!("{}{ext}", path.display());
+        if let Err(e) = std::fs::remove_file(&f)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("warning: cannot remove {f}: {e}");
+        }
+    }
+}
+
 /// Formats a ratio's interval for the text report.
 fn interval(ci: Option<[f64; 2]>) -> String {
     match ci {
@@ -295,9 +308,7 @@ pub(crate) fn run(a: &ExperimentArgs) -> anyhow::Result<Exit> {
     let mut per_run = Vec::new();
     for run in 1..=a.runs {
         let ledger = ledger_of(run);
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", ledger.display()));
-        }
+        fresh_ledger(&ledger);
         let mut ctx = Ctx {
             run,
             runs: a.runs,
@@ -315,9 +326,7 @@ pub(crate) fn run(a: &ExperimentArgs) -> anyhow::Result<Exit> {
             &mut ctx,
         )?;
         let oracle_ledger = data.join(format!("ledger-oracle-run{run}.db"));
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", oracle_ledger.display()));
-        }
+        fresh_ledger(&oracle_ledger);
         let oracle = arms::node(
             arms::NodeArm::Oracle,
             sandboxes.get()?,

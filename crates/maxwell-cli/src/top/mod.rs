@@ -267,15 +267,7 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("maxwell demo --tui needs a terminal; run `maxwell demo` for the report");
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = data.join("reports").join(format!("demo-tui-{stamp}"));
-    std::fs::create_dir_all(&dir)?;
-    let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let daemon = crate::daemon_cli::ChildDaemon::start(&dir, log.into())?;
-    let client = Client::new(&dir.join("maxwell.sock"));
-    let key = maxwell_ledger::load_or_create_key(&dir.join("owner.key"))?;
+    let (dir, daemon, client, key) = crate::daemon_cli::fresh_daemon(data, "demo-tui")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
