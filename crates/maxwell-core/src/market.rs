@@ -81,6 +81,11 @@ pub struct MarketConfig {
     /// turn). Default 10 (100 ms): turns of one quantum swap every running agent every tick,
     /// which cost the scientists about 15% of their throughput in caches and resumes.
     pub turn_quanta: u32,
+    /// Ticks an alive agent may go without winning before it is given another trial turn
+    /// (`turn_quanta` quanta among the equals, at most at its own bid). Default 300 (3 s). A
+    /// frozen agent's bid is a stale measurement: an estimate that came out low (its first quanta
+    /// crowded by others' start-up) would otherwise freeze it out for good. 0 disables.
+    pub retrial_ticks: u32,
     /// Half-width of the band of equals around the marginal (k-th highest) bid, in percent of
     /// it; never less than one price tick. Default 20. Agents measure their value with noise
     /// (a quantum run alone is worth more than one beside another agent, so values measured in
@@ -138,6 +143,7 @@ impl Default for MarketConfig {
             insolvent_below_reserve: true,
             trial_quanta: 32,
             turn_quanta: 10,
+            retrial_ticks: 300,
             band_pct: 20,
             landauer_inefficiency: 1e12,
             bounty_per_unit: Tokens(128),
@@ -302,6 +308,10 @@ struct AgentState {
     served: u64,
     /// Consecutive quanta won in the current turn.
     streak: u32,
+    /// On trial while `quanta_won` is below this.
+    trial_until: u64,
+    /// The last tick it won (or its admission).
+    last_won: u64,
     /// Whether the standing bid is the agent's own (else its owner's opening bid).
     own_bid: bool,
     stats: AgentStats,
@@ -554,6 +564,8 @@ impl Market {
                 on_probation: false,
                 served: i as u64,
                 streak: 0,
+                trial_until: 0,
+                last_won: tick,
                 own_bid: false,
                 stats: AgentStats::default(),
             })
@@ -573,6 +585,8 @@ impl Market {
                 on_probation: false,
                 served: m.agents.len() as u64,
                 streak: 0,
+                trial_until: 0,
+                last_won: tick,
                 own_bid: false,
                 stats: AgentStats::default(),
             });
@@ -609,6 +623,8 @@ impl Market {
             on_probation: false,
             served: self.bid_seq,
             streak: 0,
+            trial_until: u64::from(self.config.trial_quanta),
+            last_won: self.tick,
             own_bid: false,
             stats: AgentStats::default(),
         });
@@ -726,7 +742,8 @@ impl Market {
         let k = supply as usize;
         let tick = self.config.bid_tick.0.max(1);
         let on_trial = |b: &Bid| {
-            self.agents[b.agent.0 as usize].stats.quanta_won < u64::from(self.config.trial_quanta)
+            let a = &self.agents[b.agent.0 as usize];
+            a.stats.quanta_won < a.trial_until
         };
         let eligible: Vec<Bid> = self
             .book
@@ -1239,6 +1256,22 @@ impl Market {
             }
         }
 
+        // 4b. Retrials: an alive agent frozen out for `retrial_ticks` gets a trial turn.
+        if self.config.retrial_ticks > 0 {
+            let (tick, span) = (self.tick, u64::from(self.config.retrial_ticks));
+            let turn = u64::from(self.config.turn_quanta.max(1));
+            for a in &mut self.agents {
+                if matches!(a.life, Life::Alive)
+                    && a.requested.is_some()
+                    && a.stats.quanta_won >= a.trial_until
+                    && tick.saturating_sub(a.last_won) >= span
+                {
+                    a.trial_until = a.stats.quanta_won + turn;
+                    a.last_won = tick;
+                }
+            }
+        }
+
         // 5. Price.
         let budget = self.pid.step(input.temperature, dt);
         let offer = offer(
@@ -1268,8 +1301,10 @@ impl Market {
                 },
             );
             let turn = self.config.turn_quanta.max(1);
+            let tick = self.tick;
             let a = &mut self.agents[w.0 as usize];
             a.stats.quanta_won += 1;
+            a.last_won = tick;
             a.stats.spent.slots = a.stats.spent.slots.saturating_add(price);
             // A turn over: behind every equal bidder for the next clearing.
             a.streak += 1;

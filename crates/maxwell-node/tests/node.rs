@@ -34,10 +34,13 @@ fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
     let dir = std::env::temp_dir().join(format!("maxwell-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
-    // Audits at 10% so that a 30 s run sees several; a claim of one lease (256 units at the
-    // default bounty) then risks a 0.33 JOULE fine, well within a fresh wallet.
+    // Audits at 10% so that a 30 s run sees several. Four times the default bounty: in a debug
+    // build the host side of a WASM agent (epoch callbacks, host calls) runs several times
+    // slower, so the scientist sieves about a quarter of what it does in a release build; a
+    // claim of one lease then risks a 1.3 JOULE fine, within a fresh wallet.
     let config = MarketConfig {
         audit_ppm: 100_000,
+        bounty_per_unit: Tokens(512),
         ..MarketConfig::default()
     };
     let mut node = Node::new(
@@ -117,8 +120,17 @@ fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
 /// and defaults) on the machine's physics (modelled on a VM): four equal WASM scientists on two
 /// slots, one of them funded ten times the others, beside two leeches. Every scientist lives and
 /// earns, each gets a quarter of the slot-time once the leeches are gone, the leeches die within
-/// ten seconds, and the ledger verifies.
+/// ten seconds, and the ledger verifies. Release builds only (`.ci/run` runs it with
+/// `cargo test --release`): in a debug build the host side of each WASM agent runs several times
+/// slower and the node's own work competes with the agents for the two cores, so what a quantum
+/// is worth, and so the market, is not what a user's release binary sees. Run alone
+/// (`--test-threads=1`): beside another test's agents, a scientist whose first quanta were
+/// crowded measured a value below the reserve and stayed frozen (docs/bidding.md).
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "a release-build measurement: cargo test --release -p maxwell-node --test node"
+)]
 fn equal_scientists_share_live_and_earn_while_leeches_die() {
     let dir = std::env::temp_dir().join(format!("maxwell-economy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

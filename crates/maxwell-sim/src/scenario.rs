@@ -367,6 +367,7 @@ impl Scenario {
             trial_quanta: base.trial_quanta,
             turn_quanta: base.turn_quanta,
             band_pct: base.band_pct,
+            retrial_ticks: base.retrial_ticks,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_prime,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),

@@ -9,6 +9,7 @@ fn market() -> Market {
         grace_ticks: 2,
         bid_tick: Tokens(1),
         insolvent_below_reserve: false,
+        trial_quanta: 0,
         bounty_per_unit: Tokens(4_000),
         audit_ppm: 10_000,
         rent_settle_ticks: 1,
@@ -550,6 +551,7 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
         idle_rent: true,
         bid_tick: Tokens(1),
         insolvent_below_reserve: false,
+        trial_quanta: 0,
         ..MarketConfig::default()
     })
     .unwrap();
@@ -614,6 +616,7 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
 fn equal_bids_take_turns_least_recently_served() {
     let mut m = Market::new(MarketConfig {
         rent_settle_ticks: 1,
+        trial_quanta: 0,
         ..MarketConfig::default()
     })
     .unwrap();
@@ -655,7 +658,11 @@ fn equal_bids_take_turns_least_recently_served() {
 
 #[test]
 fn bids_are_rounded_down_to_the_price_tick_and_a_higher_tick_wins() {
-    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let mut m = Market::new(MarketConfig {
+        trial_quanta: 0,
+        ..MarketConfig::default()
+    })
+    .unwrap();
     let (a, mut c) = admit_funded(&mut m, 10_000_000, 329_999);
     let (b, c2) = admit_funded(&mut m, 10_000_000, 330_000);
     c.extend(c2);
@@ -723,7 +730,11 @@ fn an_agent_that_waits_pays_only_for_the_memory_it_holds() {
 
 #[test]
 fn equals_straddling_a_tick_boundary_still_share() {
-    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let mut m = Market::new(MarketConfig {
+        trial_quanta: 0,
+        ..MarketConfig::default()
+    })
+    .unwrap();
     let mut commands = Vec::new();
     let mut ids = Vec::new();
     // 299,999 rounds to 285,000 and 300,001 to 300,000: one tick apart, so one band.
