@@ -507,6 +507,8 @@ pub struct Market {
     last_temperature: MilliCelsius,
     energy_house: MicroJoules,
     last_winners: Vec<AgentId>,
+    /// Agents given a retrial turn that has not ended yet.
+    trying: Vec<AgentId>,
 }
 
 impl Market {
@@ -528,6 +530,7 @@ impl Market {
             last_temperature: MilliCelsius(0),
             energy_house: MicroJoules(0),
             last_winners: Vec::new(),
+            trying: Vec::new(),
         })
     }
 
@@ -750,7 +753,20 @@ impl Market {
             .iter()
             .take_while(|b| b.price >= reserve)
             .collect();
-        let (trials, limits): (Vec<Bid>, Vec<Bid>) = eligible.into_iter().partition(on_trial);
+        let (mut trials, limits): (Vec<Bid>, Vec<Bid>) = eligible.into_iter().partition(on_trial);
+        // Agents on trial with a bid below the reserve (a first estimate that came out low, or a
+        // low opening bid) still get their trial: at most at their own bid, so the house pays
+        // for the measurement, a turn at a time.
+        for &id in &self.trying {
+            if let Some(b) = self.book.get(id)
+                && b.price < reserve
+                && b.price > Tokens::ZERO
+                && on_trial(&b)
+                && !trials.iter().any(|t| t.agent == id)
+            {
+                trials.push(b);
+            }
+        }
         let pay = |winners: &[Bid], trial: &[Bid], price: Tokens| {
             let mut paid: Vec<(AgentId, Tokens)> =
                 winners.iter().map(|b| (b.agent, price)).collect();
@@ -1260,7 +1276,7 @@ impl Market {
         if self.config.retrial_ticks > 0 {
             let (tick, span) = (self.tick, u64::from(self.config.retrial_ticks));
             let turn = u64::from(self.config.turn_quanta.max(1));
-            for a in &mut self.agents {
+            for (i, a) in self.agents.iter_mut().enumerate() {
                 if matches!(a.life, Life::Alive)
                     && a.requested.is_some()
                     && a.stats.quanta_won >= a.trial_until
@@ -1268,8 +1284,14 @@ impl Market {
                 {
                     a.trial_until = a.stats.quanta_won + turn;
                     a.last_won = tick;
+                    self.trying.push(AgentId(i as u32));
                 }
             }
+            let agents = &self.agents;
+            self.trying.retain(|id| {
+                let a = &agents[id.0 as usize];
+                matches!(a.life, Life::Alive) && a.stats.quanta_won < a.trial_until
+            });
         }
 
         // 5. Price.
