@@ -34,10 +34,11 @@ fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
     let dir = std::env::temp_dir().join(format!("maxwell-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
-    // Audits at 10% so that a 30 s run sees several. Four times the default bounty: in a debug
-    // build the host side of a WASM agent (epoch callbacks, host calls) runs several times
-    // slower, so the scientist sieves about a quarter of what it does in a release build; a
-    // claim of one lease then risks a 1.3 JOULE fine, within a fresh wallet.
+    // Audits at 10% so that a 30 s run sees several. Four times the default bounty: in the test
+    // profile (our crates at opt-level 1, debug assertions) the scientist was measured sieving
+    // about a quarter of what it sieves per quantum won in a release build (673 against about
+    // 2,900 units), which is worth less than a slot at the default bounty; a claim of one lease
+    // then risks a 1.3 JOULE fine, within a fresh wallet.
     let config = MarketConfig {
         audit_ppm: 100_000,
         bounty_per_unit: Tokens(512),
@@ -121,8 +122,8 @@ fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
 /// slots, one of them funded ten times the others, beside two leeches. Every scientist lives and
 /// earns, each gets a quarter of the slot-time once the leeches are gone, the leeches die within
 /// ten seconds, and the ledger verifies. Release builds only (`.ci/run` runs it with
-/// `cargo test --release`): in a debug build the host side of each WASM agent runs several times
-/// slower and the node's own work competes with the agents for the two cores, so what a quantum
+/// `cargo test --release`): in the test profile (our crates at opt-level 1, debug assertions) a
+/// scientist gets about a quarter of its release throughput per quantum won, so what a quantum
 /// is worth, and so the market, is not what a user's release binary sees. Run alone
 /// (`--test-threads=1`): beside another test's agents, a scientist whose first quanta were
 /// crowded measured a value below the reserve and stayed frozen (docs/bidding.md).
