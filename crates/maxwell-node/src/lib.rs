@@ -615,9 +615,4 @@ impl Node {
         }
         failed
     }
-
-    /// Where the work dispenser hands out its next range.
-    pub fn work_frontier(&self) -> u64 {
-        self.work.next_start()
-    }
 }
