@@ -190,8 +190,9 @@
     (call $claim (local.get $s) (local.get $e) (local.get $count) (local.get $h)))
 
   ;; The value meter: two snapshots of (income, quanta run), the older at least 128 quanta
-  ;; before the newer, so the value is measured over the last 128 to 256 quanta run. The first
-  ;; quantum (instantiation, the base sieve) is never inside a window.
+  ;; before the newer, so the value is measured over the last 128 to 256 quanta run. The window
+  ;; opens at the first income the host reports (start-up, the base sieve and the Landauer tax
+  ;; it cost, however many quanta a busy machine stretched them over, are never inside it).
   (global $i0 (mut i64) (i64.const 0)) (global $q0 (mut i64) (i64.const -1))
   (global $i1 (mut i64) (i64.const 0)) (global $q1 (mut i64) (i64.const 0))
 
@@ -201,7 +202,7 @@
     (local.set $q (call $quanta))
     (if (i64.lt_s (global.get $q0) (i64.const 0))
       (then
-        (if (i64.ge_u (local.get $q) (i64.const 1))
+        (if (i32.and (i64.ge_u (local.get $q) (i64.const 1)) (i64.gt_u (local.get $i) (i64.const 0)))
           (then (global.set $i0 (local.get $i)) (global.set $q0 (local.get $q))
                 (global.set $i1 (local.get $i)) (global.set $q1 (local.get $q))))
         (return (i64.const -1))))

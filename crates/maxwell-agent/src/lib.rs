@@ -374,7 +374,8 @@ pub const VALUE_WINDOW_QUANTA: u64 = 128;
 
 /// The truthful bid: what one quantum is worth to the agent, its net income (bounties less
 /// Landauer tax) per quantum run, measured over a sliding window of its last 128 to 256 quanta
-/// (its first quantum, with its start-up, is never inside it), capped by its balance. A
+/// (it opens at the first income reported, so start-up is never inside it), capped by its
+/// balance. A
 /// lifetime average would lag as the work's cost drifts and freeze agents whose early
 /// estimates were low; a short window is noisy (how much CPU a won quantum really gives varies
 /// with what else the machine runs, by 20% and more between phases).
@@ -395,7 +396,9 @@ impl ValueMeter {
     /// bid, capped by `balance`, once the window holds [`VALUE_WARMUP_QUANTA`] quanta.
     pub fn observe(&mut self, income: Tokens, quanta: u64, balance: Tokens) -> Option<Tokens> {
         let Some(old) = self.old else {
-            if quanta >= 1 {
+            // The window opens at the first income: start-up (and the Landauer tax it cost),
+            // however many quanta a busy machine stretched it over, is never inside it.
+            if quanta >= 1 && income > Tokens::ZERO {
                 self.old = Some((income, quanta));
                 self.new = (income, quanta);
             }
@@ -583,7 +586,10 @@ mod tests {
         let mut m = ValueMeter::default();
         let big = Tokens(u64::MAX);
         assert_eq!(m.observe(Tokens(0), 0, big), None);
-        // The first quantum earned little (start-up); it is the window's origin, not inside it.
+        // Start-up earned nothing net (its Landauer tax ate the first bounties): no origin yet.
+        assert_eq!(m.observe(Tokens(0), 1, big), None);
+        assert_eq!(m.observe(Tokens(0), 3, big), None);
+        // The first income is the window's origin, not inside it.
         assert_eq!(m.observe(Tokens(10), 1, big), None);
         assert_eq!(m.observe(Tokens(2310), 24, big), None);
         assert_eq!(m.observe(Tokens(2410), 25, big), Some(Tokens(100)));

@@ -123,6 +123,11 @@ struct SimulateArgs {
     /// Print the built-in scenario (a starting point for your own) and exit.
     #[arg(long, conflicts_with_all = ["scenario", "json"])]
     print_scenario: bool,
+    /// First measure the built-in WASM scientist's work per quantum on this machine (two of
+    /// them under the daemon's node for 5 s) and simulate with that instead of the scenario's
+    /// `work.units_per_quantum`.
+    #[arg(long)]
+    calibrate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,7 +189,12 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
                 write_out(maxwell_sim::DEFAULT_SCENARIO)?;
                 return Ok(Exit::Success);
             }
-            simulate::simulate(a.seed, a.scenario.as_deref(), a.json)
+            simulate::simulate(
+                a.seed,
+                a.scenario.as_deref(),
+                a.json,
+                a.calibrate.then_some(std::time::Duration::from_secs(5)),
+            )
         }
         Command::Auction(AuctionCommand::Clear(a)) => auction::clear(a.check),
         Command::Bench(BenchCommand::Auction(a)) => bench::auction(&a),

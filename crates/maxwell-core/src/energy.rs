@@ -1,17 +1,33 @@
-//! Attribution of measured energy to agents (the Scaphandre/Kepler method): the active part of a
-//! tick's energy is split among agents in proportion to their CPU time; the idle part belongs to
-//! the house. The split is exact: shares are rounded down and the remainder goes, one
+//! Attribution of measured energy to agents (the Kepler method): the active part of a tick's
+//! energy is split in proportion to CPU time over everything the machine ran, the agents and
+//! every other process alike; the agents' shares are theirs, the rest (other processes, the
+//! daemon itself) and the idle part belong to the house. So agents never pay for a build
+//! running beside them. The split is exact: shares are rounded down and the remainder goes, one
 //! microjoule each, to the largest fractional parts (ties to the earlier entry), so the shares
 //! always add up to the active energy.
 
 use crate::book::AgentId;
 use crate::units::{MicroJoules, Nanos};
 
-/// Splits `active` by CPU time. Entries with zero CPU time get zero. If nobody used the CPU,
-/// everything is returned as zero shares and the caller books the energy to the house.
-pub fn attribute(active: MicroJoules, cpu: &[(AgentId, Nanos)]) -> Vec<(AgentId, MicroJoules)> {
+/// Splits `active` by CPU time, where `machine_busy` is the CPU time the whole machine was busy
+/// over the same interval (zero when unknown: then the agents are all there is). The agents get
+/// `active * sum(cpu) / max(sum(cpu), machine_busy)` between them, in proportion to their CPU
+/// time; entries with zero CPU time get zero. If nobody used the CPU, every share is zero and
+/// the caller books the energy to the house.
+pub fn attribute(
+    active: MicroJoules,
+    cpu: &[(AgentId, Nanos)],
+    machine_busy: Nanos,
+) -> Vec<(AgentId, MicroJoules)> {
     let weights: Vec<(AgentId, u64)> = cpu.iter().map(|(a, t)| (*a, t.0)).collect();
-    split(active.0, &weights)
+    let agents: u128 = weights.iter().map(|(_, w)| u128::from(*w)).sum();
+    let whole = agents.max(u128::from(machine_busy.0));
+    // At most `active`, so it fits in u64.
+    let theirs = match whole {
+        0 => 0,
+        w => u64::try_from(u128::from(active.0) * agents / w).unwrap_or(active.0),
+    };
+    split(theirs, &weights)
         .into_iter()
         .map(|(a, e)| (a, MicroJoules(e)))
         .collect()
@@ -60,25 +76,32 @@ mod tests {
 
     #[test]
     fn splits_by_cpu_share() {
-        let got = attribute(
-            MicroJoules(100),
-            &[
-                (AgentId(0), Nanos(1)),
-                (AgentId(1), Nanos(1)),
-                (AgentId(2), Nanos(1)),
-            ],
-        );
+        let three = [
+            (AgentId(0), Nanos(1)),
+            (AgentId(1), Nanos(1)),
+            (AgentId(2), Nanos(1)),
+        ];
+        let got = attribute(MicroJoules(100), &three, Nanos(0));
         let sums: Vec<u64> = got.iter().map(|(_, e)| e.0).collect();
         assert_eq!(sums, vec![34, 33, 33]);
-        let idle = attribute(MicroJoules(100), &[(AgentId(0), Nanos(0))]);
+        let idle = attribute(MicroJoules(100), &[(AgentId(0), Nanos(0))], Nanos(0));
         assert_eq!(idle, vec![(AgentId(0), MicroJoules(0))]);
+        // The machine was busy for longer than the agents: they pay only their part.
+        let got = attribute(MicroJoules(100), &three, Nanos(6));
+        let sums: Vec<u64> = got.iter().map(|(_, e)| e.0).collect();
+        assert_eq!(sums, vec![17, 17, 16]);
+        // A machine figure below the agents' own (it is sampled more coarsely) changes nothing.
+        assert_eq!(
+            attribute(MicroJoules(100), &three, Nanos(2)),
+            attribute(MicroJoules(100), &three, Nanos(0))
+        );
     }
 
     proptest! {
         #[test]
         fn shares_sum_exactly(active in 0u64..u64::MAX / 4, cpu in prop::collection::vec(0u64..1_000_000_000, 1..50)) {
             let cpu: Vec<(AgentId, Nanos)> = cpu.into_iter().enumerate().map(|(i, t)| (AgentId(i as u32), Nanos(t))).collect();
-            let got = attribute(MicroJoules(active), &cpu);
+            let got = attribute(MicroJoules(active), &cpu, Nanos(0));
             let total: u64 = got.iter().map(|(_, e)| e.0).sum();
             if cpu.iter().any(|(_, t)| t.0 > 0) {
                 prop_assert_eq!(total, active);

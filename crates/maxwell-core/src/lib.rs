@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod book;
+pub mod defaults;
 pub mod energy;
 pub mod ledger;
 pub mod market;

@@ -442,6 +442,10 @@ pub struct TickInput {
     pub energy: MicroJoules,
     /// The idle part of that energy (billed as idle rent, or the house's).
     pub energy_idle: MicroJoules,
+    /// CPU time the whole machine was busy over the quantum, every process included (zero when
+    /// unknown). The active energy is attributed over it, so the agents are billed, in their
+    /// statistics, only for their own CPU time's share, never for other processes'.
+    pub machine_cpu: Nanos,
     /// Per-agent measurements for the quantum that ended.
     pub usage: Vec<Usage>,
     /// Commands since the last tick, applied in order.
@@ -1064,7 +1068,7 @@ impl Market {
             })
             .map(|u| (u.agent, u.cpu))
             .collect();
-        let shares = attribute(active, &cpu);
+        let shares = attribute(active, &cpu, input.machine_cpu);
         let attributed: u64 = shares.iter().map(|(_, e)| e.0).sum();
         self.energy_house = self
             .energy_house
@@ -1279,12 +1283,19 @@ impl Market {
             for (i, a) in self.agents.iter_mut().enumerate() {
                 if matches!(a.life, Life::Alive)
                     && a.requested.is_some()
-                    && a.stats.quanta_won >= a.trial_until
                     && tick.saturating_sub(a.last_won) >= span
                 {
-                    a.trial_until = a.stats.quanta_won + turn;
+                    // An agent frozen in the middle of its first trial (its bid fell below the
+                    // reserve before the trial was over) finishes that trial; any other gets
+                    // a new turn.
+                    if a.stats.quanta_won >= a.trial_until {
+                        a.trial_until = a.stats.quanta_won + turn;
+                    }
                     a.last_won = tick;
-                    self.trying.push(AgentId(i as u32));
+                    let id = AgentId(i as u32);
+                    if !self.trying.contains(&id) {
+                        self.trying.push(id);
+                    }
                 }
             }
             let agents = &self.agents;

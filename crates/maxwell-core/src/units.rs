@@ -408,7 +408,7 @@ impl FromStr for MicroJoules {
 
 impl FromStr for Nanos {
     type Err = ParseQuantityError;
-    /// `"10ms"`, `"1.5s"`, `"250us"`, `"100ns"`, `"2min"`.
+    /// `"10ms"`, `"1.5s"`, `"250us"`, `"100ns"`, `"2min"` or `"2m"`, `"1h"`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_with_units(
             s,
@@ -420,6 +420,8 @@ impl FromStr for Nanos {
                 ("us", 3, 1),
                 ("ns", 0, 1),
                 ("min", 9, 60),
+                ("m", 9, 60),
+                ("h", 9, 3600),
             ],
         )
         .map(Nanos)
@@ -556,6 +558,8 @@ mod tests {
         check("10ms", Nanos(10_000_000));
         check("1.5s", Nanos(1_500_000_000));
         check("2min", Nanos(120_000_000_000));
+        check("10m", Nanos(600_000_000_000));
+        check("1h", Nanos(3_600_000_000_000));
         check("64MiB", Bytes(64 << 20));
         check("80C", MilliCelsius(80_000));
         check("-5.5C", MilliCelsius(-5_500));

@@ -1,14 +1,5 @@
 //! The defaults every driver of a node shares (the daemon's configuration and the experiment's
-//! maxwell and oracle arms), so that a measured run uses what a user's daemon uses.
+//! maxwell and oracle arms); they live in [`maxwell_core::defaults`] so that the simulator's
+//! scenarios default to them too.
 
-use maxwell_core::Tokens;
-
-/// The owner's opening bid: what a new agent bids until it has measured its own value (it can
-/// bid only while it runs). 0.2 JOULE, above the reserve of a cool machine (0.15 JOULE).
-pub const OPENING_BID: Tokens = Tokens(200_000);
-
-/// The most an agent may bid per slot, whatever it asks: 5 JOULE.
-pub const MAX_BID: Tokens = Tokens(5_000_000);
-
-/// Minted into the bounty pool when a ledger is new: 100,000 JOULE.
-pub const BOUNTY_POOL: Tokens = Tokens(100_000_000_000);
+pub use maxwell_core::defaults::{BOUNTY_POOL, MAX_BID, OPENING_BID};

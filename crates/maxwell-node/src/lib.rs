@@ -462,6 +462,7 @@ impl Node {
             temperature: reading.temperature,
             energy: reading.energy,
             energy_idle: idle,
+            machine_cpu: self.physics.machine_busy(dt),
             usage,
             commands: std::mem::take(&mut self.commands),
             claims,

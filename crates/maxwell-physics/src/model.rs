@@ -92,6 +92,8 @@ pub struct Model {
     thermal: ThermalRc,
     last: CpuTimes,
     last_power: MilliWatts,
+    /// Busy cores at the last read of `/proc/stat`.
+    last_busy: f64,
     /// Time since `/proc/stat` was last read.
     since_read: Nanos,
 }
@@ -111,6 +113,7 @@ impl Model {
             thermal: ThermalRc::new(params.rc, params.rc.steady_state(params.idle)),
             last,
             last_power: params.idle,
+            last_busy: 0.0,
             since_read: Nanos(0),
         })
     }
@@ -147,6 +150,7 @@ impl Model {
             busy as f64 / total as f64 * f64::from(now.n_cpus)
         };
         self.last = now;
+        self.last_busy = busy_cores;
         let power = self.power_for(busy_cores);
         self.last_power = power;
         self.thermal.step(power, dt);
@@ -156,6 +160,12 @@ impl Model {
     /// The modelled die temperature.
     pub fn temperature(&self) -> MilliCelsius {
         self.thermal.temperature()
+    }
+
+    /// How many cores the whole machine kept busy at the last read of `/proc/stat` (every
+    /// process, not only agents).
+    pub fn busy_cores(&self) -> f64 {
+        self.last_busy
     }
 
     /// The last modelled power.
@@ -173,6 +183,7 @@ impl Model {
             thermal: ThermalRc::new(params.rc, params.rc.steady_state(params.idle)),
             last: CpuTimes::default(),
             last_power: params.idle,
+            last_busy: 0.0,
             since_read: Nanos(0),
         }
     }

@@ -283,6 +283,12 @@ impl Physics {
         self.gpus.as_ref().map_or(&[], |g| &g.names)
     }
 
+    /// The CPU time the whole machine was busy over `dt`, from `/proc/stat` (every process,
+    /// averaged over the model's last read; zero where it cannot be read).
+    pub fn machine_busy(&self, dt: Nanos) -> Nanos {
+        Nanos((self.model.busy_cores() * dt.0 as f64) as u64)
+    }
+
     /// The model's parameters.
     pub fn model_params(&self) -> &ModelParams {
         self.model.params()

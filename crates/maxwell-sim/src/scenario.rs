@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use maxwell_core::defaults;
 use maxwell_core::market::MarketConfig;
 use maxwell_core::pricing::PidConfig;
 use maxwell_core::rules::PPM;
@@ -27,9 +28,11 @@ pub struct Scenario {
     /// Simulated time to run.
     #[serde(with = "serde_str")]
     pub duration: Nanos,
-    /// Market rules.
+    /// Market rules (every key defaults to the daemon's).
+    #[serde(default)]
     pub market: MarketSection,
-    /// The simulated machine.
+    /// The simulated machine (every key defaults to the daemon's modelled machine).
+    #[serde(default)]
     pub machine: MachineSection,
     /// The useful work on offer.
     #[serde(default)]
@@ -38,9 +41,10 @@ pub struct Scenario {
     pub agents: Vec<AgentGroup>,
 }
 
-/// `[market]`.
+/// `[market]`. Every key defaults to what `maxwell daemon` uses
+/// ([`MarketConfig::default`] and [`maxwell_core::defaults`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MarketSection {
     /// Tick (quantum) length.
     #[serde(with = "serde_str")]
@@ -62,17 +66,17 @@ pub struct MarketSection {
     /// Memory rent as power per GiB.
     #[serde(with = "serde_str")]
     pub rent_per_gib: MilliWatts,
-    /// Bill the machine's idle energy to the living agents by resident memory (default true).
-    #[serde(default = "yes")]
+    /// Bill the machine's idle energy to the living agents by resident memory (default false,
+    /// as the daemon: idle energy is the house's).
     pub idle_rent: bool,
-    /// Price granularity of the book (default: the market's, 0.015 JOULE).
-    #[serde(with = "serde_str", default = "default_bid_tick")]
+    /// Price granularity of the book.
+    #[serde(with = "serde_str")]
     pub bid_tick: Tokens,
     /// Landauer inefficiency factor.
     pub landauer_inefficiency: f64,
-    /// Bounty per verified prime.
+    /// Bounty per verified unit of work (1,024 numbers sieved).
     #[serde(with = "serde_str")]
-    pub bounty_per_prime: Tokens,
+    pub bounty_per_unit: Tokens,
     /// Probability that a claim is audited.
     pub audit_probability: f64,
     /// Grace between insolvency and death.
@@ -81,11 +85,42 @@ pub struct MarketSection {
     /// Money the user puts in the bounty pool at the start.
     #[serde(with = "serde_str")]
     pub bounty_pool: Tokens,
+    /// What the owner bids for each new agent until it bids for itself.
+    #[serde(with = "serde_str")]
+    pub opening_bid: Tokens,
+    /// The owner's cap on every agent's bid (a group's `max_bid` overrides it).
+    #[serde(with = "serde_str")]
+    pub max_bid: Tokens,
 }
 
-/// `[machine]`.
+impl Default for MarketSection {
+    fn default() -> Self {
+        let c = MarketConfig::default();
+        MarketSection {
+            tick: c.quantum,
+            slots: c.slots_max,
+            slot_power: c.slot_power,
+            grid_price: c.grid_price.0,
+            switch_on: c.pid.temp_switch_on,
+            control: c.pid.temp_control,
+            rent_per_gib: c.rent_per_gib,
+            idle_rent: c.idle_rent,
+            bid_tick: c.bid_tick,
+            landauer_inefficiency: c.landauer_inefficiency,
+            bounty_per_unit: c.bounty_per_unit,
+            audit_probability: f64::from(c.audit_ppm) / f64::from(PPM),
+            grace: Nanos(c.quantum.0 * u64::from(c.grace_ticks)),
+            bounty_pool: defaults::BOUNTY_POOL,
+            opening_bid: defaults::OPENING_BID,
+            max_bid: defaults::MAX_BID,
+        }
+    }
+}
+
+/// `[machine]`. Every key defaults to the daemon's modelled machine (`maxwell-physics`'s
+/// `ModelParams::default`: 10 W idle, 1.5 K/W, 1 s, 25 C; a test checks they agree).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MachineSection {
     /// Power with every core idle.
     #[serde(with = "serde_str")]
@@ -93,42 +128,51 @@ pub struct MachineSection {
     /// Ambient temperature.
     #[serde(with = "serde_str")]
     pub ambient: MilliCelsius,
-    /// Die temperature at the start.
-    #[serde(with = "serde_str")]
-    pub initial: MilliCelsius,
+    /// Die temperature at the start (default: the idle machine's steady state, as the daemon's
+    /// model starts).
+    #[serde(default, with = "opt_str")]
+    pub initial: Option<MilliCelsius>,
     /// Die-to-ambient thermal resistance, K/W.
     pub thermal_resistance_k_per_w: f64,
     /// Thermal time constant.
     #[serde(with = "serde_str")]
     pub time_constant: Nanos,
     /// At this temperature the hardware halves its clock (PROCHOT), market or not.
-    #[serde(with = "serde_str", default = "default_tj_max")]
+    #[serde(with = "serde_str")]
     pub tj_max: MilliCelsius,
 }
 
-fn default_bid_tick() -> Tokens {
-    MarketConfig::default().bid_tick
+impl Default for MachineSection {
+    fn default() -> Self {
+        MachineSection {
+            idle_power: MilliWatts(10_000),
+            ambient: MilliCelsius(25_000),
+            initial: None,
+            thermal_resistance_k_per_w: 1.5,
+            time_constant: Nanos::from_millis(1_000),
+            tj_max: MilliCelsius(100_000),
+        }
+    }
 }
 
-fn default_tj_max() -> MilliCelsius {
-    MilliCelsius(100_000)
-}
+/// What the built-in WASM scientist sieves per quantum won, in units of 1,024 numbers, in a
+/// release build on the 2-core VM this project is measured on: 16.23e9 numbers in 6,689 quanta
+/// won over a 40 s `maxwell experiment` arm, 2,370 units. `maxwell simulate --calibrate`
+/// measures it on the machine at hand instead.
+pub const CALIBRATED_UNITS_PER_QUANTUM: u64 = 2_370;
 
 /// `[work]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct WorkSection {
-    /// First number of the shared work queue.
-    pub first: u64,
-    /// Numbers per segment at speed 1.0.
-    pub segment: u64,
+    /// Units of work (1,024 numbers sieved) a scientist does per quantum it wins at speed 1.0.
+    pub units_per_quantum: u64,
 }
 
 impl Default for WorkSection {
     fn default() -> Self {
         WorkSection {
-            first: 1_000_000,
-            segment: 1024,
+            units_per_quantum: CALIBRATED_UNITS_PER_QUANTUM,
         }
     }
 }
@@ -137,7 +181,7 @@ impl Default for WorkSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
-    /// Does useful work (counts primes), bids its value, claims honestly.
+    /// Does useful work (sieves its leases), bids its value, claims honestly.
     Scientist,
     /// Bids greedily, burns cycles, churns memory, does nothing useful.
     Leech,
@@ -176,24 +220,23 @@ pub struct AgentGroup {
     /// Resident memory.
     #[serde(with = "serde_str")]
     pub memory: Bytes,
-    /// Fixed bid. Leeches bid it give or take 20% (drawn from the seed); others bid their value
-    /// when this is absent.
+    /// Fixed bid, give or take 20% per agent (drawn from the seed). Without it each profile
+    /// bids as the built-in agent does: the scientist its measured value per quantum (the real
+    /// agents' `ValueMeter`), the leech nine tenths of its balance, the liar a tenth.
     #[serde(default, with = "opt_str")]
     pub bid: Option<Tokens>,
-    /// Owner's cap on the bid. Default: no cap.
+    /// Owner's cap on the bid. Default: the market's `max_bid`.
     #[serde(default, with = "opt_str")]
     pub max_bid: Option<Tokens>,
-    /// Bytes allocated and freed per quantum run (leech). Default: the profile's.
+    /// Bytes erased per quantum run. Default: the profile's (leech 4 MiB, others none).
     #[serde(default, with = "opt_str")]
     pub churn: Option<Bytes>,
-    /// Power drawn per busy slot relative to `slot_power`. Default: scientist 1.0, leech 1.4,
-    /// liar 0.1 (it sleeps through its slots), squatter 0.
+    /// Power drawn per busy slot relative to `slot_power`. Default: 1.0 for the scientist and
+    /// the leech (the daemon's model counts CPU time only), 0.1 for the liar (it sleeps through
+    /// its slots), 0 for the squatter.
     #[serde(default)]
     pub activity: Option<f64>,
-    /// Liar: claimed primes relative to what a scientist would find. Default 1.5.
-    #[serde(default)]
-    pub overclaim: Option<f64>,
-    /// Scientist: speed relative to `work.segment`; default: drawn from 0.8..1.2 by the seed.
+    /// Scientist: speed relative to `work.units_per_quantum`. Default 1.0.
     #[serde(default)]
     pub speed: Option<f64>,
 }
@@ -293,8 +336,12 @@ impl Scenario {
         if !(mc.thermal_resistance_k_per_w.is_finite() && mc.thermal_resistance_k_per_w > 0.0) {
             return Err("machine.thermal_resistance_k_per_w must be above zero (e.g. 1.2)".into());
         }
-        if self.work.segment == 0 || self.work.segment > 1 << 20 {
-            return Err("work.segment must be between 1 and 1048576 numbers".into());
+        if self.work.units_per_quantum == 0 || self.work.units_per_quantum > 1 << 30 {
+            return Err(
+                "work.units_per_quantum must be between 1 and 1073741824 (the built-in \
+                 scientist does about 2370 in a release build)"
+                    .into(),
+            );
         }
         if self.agents.is_empty() {
             return Err("no [[agents]]: add at least one group".into());
@@ -314,11 +361,7 @@ impl Scenario {
                     ));
                 }
             }
-            for (what, v) in [
-                ("activity", g.activity),
-                ("overclaim", g.overclaim),
-                ("speed", g.speed),
-            ] {
+            for (what, v) in [("activity", g.activity), ("speed", g.speed)] {
                 if let Some(v) = v
                     && !(v.is_finite() && (0.0..=100.0).contains(&v))
                 {
@@ -340,6 +383,7 @@ impl Scenario {
         let m = &self.market;
         let base = MarketConfig::default();
         let rc = self.rc_params();
+        // As the daemon's node tunes it (`maxwell_node::tuned_for`) on a modelled machine.
         // The controller may sustain what keeps the die at the control temperature, less what
         // the idle machine already draws.
         let sustainable = MilliWatts(
@@ -369,14 +413,20 @@ impl Scenario {
             band_pct: base.band_pct,
             retrial_ticks: base.retrial_ticks,
             landauer_inefficiency: m.landauer_inefficiency,
-            bounty_per_unit: m.bounty_per_prime,
+            bounty_per_unit: m.bounty_per_unit,
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),
             grace_ticks: u32::try_from(m.grace.0 / m.tick.0.max(1)).unwrap_or(u32::MAX),
-            // The story is told tick by tick: rent is posted as it accrues.
-            rent_settle_ticks: 1,
-            max_pending_audits: 65_536,
+            rent_settle_ticks: base.rent_settle_ticks,
+            max_pending_audits: base.max_pending_audits,
             seed,
         }
+    }
+
+    /// The die temperature at the start: the scenario's, else the idle machine's steady state.
+    pub fn initial_temperature(&self) -> MilliCelsius {
+        self.machine
+            .initial
+            .unwrap_or_else(|| self.rc_params().steady_state(self.machine.idle_power))
     }
 
     /// The thermal model of the machine.
@@ -398,10 +448,6 @@ pub fn group_names(g: &AgentGroup) -> Vec<String> {
     }
 }
 
-fn yes() -> bool {
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,14 +458,30 @@ mod tests {
         assert_eq!(s.agents.len(), 4);
         let cfg = s.market_config(1);
         cfg.validate().unwrap();
-        assert_eq!(cfg.grace_ticks, 50);
-        assert_eq!(cfg.audit_ppm, 10_000);
+        // The daemon's rules, which the scenario leaves out.
+        let daemon = MarketConfig::default();
+        assert_eq!(cfg.grace_ticks, daemon.grace_ticks);
+        assert_eq!(cfg.audit_ppm, daemon.audit_ppm);
+        assert_eq!(cfg.bounty_per_unit, daemon.bounty_per_unit);
+        assert_eq!(cfg.idle_rent, daemon.idle_rent);
+        assert_eq!(cfg.rent_settle_ticks, daemon.rent_settle_ticks);
+        assert_eq!(s.market.opening_bid, defaults::OPENING_BID);
+    }
+
+    /// The built-in scenario with a `[market]` section spelled out, to edit.
+    fn explicit() -> String {
+        format!(
+            "{DEFAULT_SCENARIO}\n[market]\nslots = 2\nslot_power = \"15W\"\n\
+             audit_probability = 0.01\nswitch_on = \"60C\"\ncontrol = \"80C\"\n"
+        )
     }
 
     #[track_caller]
     fn check_error(edit: (&str, &str), want: &[&str]) {
-        let text = DEFAULT_SCENARIO.replacen(edit.0, edit.1, 1);
-        assert_ne!(text, DEFAULT_SCENARIO, "edit {edit:?} did not apply");
+        let base = explicit();
+        Scenario::parse(&base, "my.toml").unwrap();
+        let text = base.replacen(edit.0, edit.1, 1);
+        assert_ne!(text, base, "edit {edit:?} did not apply");
         let err = Scenario::parse(&text, "my.toml").unwrap_err().to_string();
         for w in want {
             assert!(err.contains(w), "{err:?} lacks {w:?}");

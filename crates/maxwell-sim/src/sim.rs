@@ -8,9 +8,10 @@ use rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use maxwell_agent::ValueMeter;
 use maxwell_core::ledger::Books;
 use maxwell_core::thermal::ThermalRc;
-use maxwell_core::work::{PrimeClaim, sieve, verify};
+use maxwell_core::work::{RANGE, UNIT};
 use maxwell_core::{
     Account, AgentId, AgentSpec, Claim, ClaimId, Command, Life, Market, MilliCelsius, MilliWatts,
     Nanos, TickInput, Tokens, Usage, Verdict,
@@ -34,12 +35,22 @@ pub(crate) struct SimAgent {
     /// Fraction of a won quantum spent on the CPU.
     cpu_fraction: f64,
     fixed_bid: Option<Tokens>,
-    overclaim: f64,
-    segment: u64,
+    /// Units of work per quantum won at full clock (scientist and liar).
+    units: u64,
+    /// Quanta it had won when its words were last read (what its income is counted over).
+    drained: u64,
+    /// Units done (or pretended) in a lease not yet finished.
+    unclaimed: u64,
+    /// The bid it last placed.
     bid: Option<Tokens>,
-    /// Primes actually found (ground truth, not claims).
+    /// The scientist's meter of its own value per quantum: the real agents' code.
+    meter: ValueMeter,
+    /// Units of work actually done (ground truth, not claims).
     pub found: u64,
 }
+
+/// Units of work in one lease of the node's dispenser.
+const LEASE_UNITS: u64 = RANGE / UNIT;
 
 /// One tick as the story and the plots need it.
 #[derive(Debug, Clone, Serialize)]
@@ -95,9 +106,9 @@ pub struct AgentSummary {
     pub died_at_tick: Option<u64>,
     /// Why it died.
     pub cause: Option<String>,
-    /// Useful work: primes actually found.
+    /// Useful work: units (1,024 numbers sieved) actually done.
     pub work: u64,
-    /// Primes claimed (and paid a bounty for, before audits).
+    /// Units claimed (and paid a bounty for, before audits).
     pub claimed: u64,
     /// Claims that failed an audit.
     pub audits_failed: u64,
@@ -118,7 +129,7 @@ pub struct AgentSummary {
 /// Useful work per joule in one arm.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmSummary {
-    /// Primes found by honest agents.
+    /// Units of work done by honest agents.
     pub useful_work: u64,
     /// Energy the whole machine used, joules.
     pub energy_j: f64,
@@ -208,35 +219,31 @@ fn build_agents(scenario: &Scenario, rng: &mut ChaCha8Rng) -> Vec<SimAgent> {
             // one group's parameters does not reshuffle the others.
             let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             let (activity, cpu_fraction, churn) = match g.profile {
-                Profile::Scientist => (1.0, 1.0, maxwell_core::Bytes(scenario.work.segment / 8)),
-                Profile::Leech => (1.4, 1.0, maxwell_core::Bytes::mib(4)),
+                Profile::Scientist => (1.0, 1.0, maxwell_core::Bytes(0)),
+                Profile::Leech => (1.0, 1.0, maxwell_core::Bytes::mib(4)),
                 Profile::Squatter => (0.0, 0.0, maxwell_core::Bytes(0)),
                 Profile::Liar => (0.1, 0.1, maxwell_core::Bytes(0)),
             };
-            let speed = g.speed.unwrap_or(match g.profile {
-                Profile::Scientist => 0.8 + 0.4 * draw,
-                _ => 1.0,
-            });
+            let speed = g.speed.unwrap_or(1.0);
             out.push(SimAgent {
                 name,
                 profile: g.profile,
                 id: AgentId(0),
                 funds: g.funds,
-                max_bid: g.max_bid.unwrap_or(Tokens(u64::MAX)),
+                max_bid: g.max_bid.unwrap_or(scenario.market.max_bid),
                 memory: g.memory,
                 churn: g.churn.unwrap_or(churn),
                 activity: g.activity.unwrap_or(activity),
                 cpu_fraction,
-                // Each leech bids its group's `bid` give or take 20%, so that leeches compete.
-                fixed_bid: match g.profile {
-                    Profile::Leech => g
-                        .bid
-                        .map(|b| Tokens((b.0 as f64 * (0.8 + 0.4 * draw)) as u64)),
-                    _ => g.bid,
-                },
-                overclaim: g.overclaim.unwrap_or(1.5),
-                segment: ((scenario.work.segment as f64 * speed).round() as u64).max(1),
+                // A fixed bid is the group's give or take 20%, so that such agents compete.
+                fixed_bid: g
+                    .bid
+                    .map(|b| Tokens((b.0 as f64 * (0.8 + 0.4 * draw)) as u64)),
+                units: ((scenario.work.units_per_quantum as f64 * speed).round() as u64).max(1),
+                drained: 0,
+                unclaimed: 0,
                 bid: None,
+                meter: ValueMeter::default(),
                 found: 0,
             });
         }
@@ -244,25 +251,25 @@ fn build_agents(scenario: &Scenario, rng: &mut ChaCha8Rng) -> Vec<SimAgent> {
     out
 }
 
-/// Expected primes in a segment of `len` numbers near `n` (prime number theorem).
-fn expected_primes(n: u64, len: u64) -> f64 {
-    len as f64 / (n.max(3) as f64).ln()
-}
-
-/// The bid an agent wants now: its fixed bid, or its expected bounty per quantum.
-fn wanted_bid(a: &SimAgent, frontier: u64, bounty_per_prime: Tokens) -> Option<Tokens> {
+/// The bid an agent places after a quantum it ran, as the built-in WASM agent of its profile
+/// does: a fixed bid if the scenario gives one; the scientist its measured net income per
+/// quantum (the same [`ValueMeter`] the native agents use, fed what the node tells agents:
+/// bounties less Landauer tax, over the quanta whose claims were paid); the leech nine tenths
+/// of its balance; the liar a tenth; the squatter nothing.
+fn wanted_bid(a: &mut SimAgent, market: &Market, quanta: u64) -> Option<Tokens> {
+    if let Some(b) = a.fixed_bid {
+        return (a.profile != Profile::Squatter).then_some(b);
+    }
+    let balance = market.balance(a.id).unwrap_or(Tokens::ZERO);
     match a.profile {
         Profile::Squatter => None,
-        Profile::Leech => Some(a.fixed_bid.unwrap_or(Tokens::joules(1))),
-        Profile::Scientist | Profile::Liar => Some(a.fixed_bid.unwrap_or_else(|| {
-            let factor = if a.profile == Profile::Liar {
-                a.overclaim
-            } else {
-                1.0
-            };
-            let v = expected_primes(frontier, a.segment) * factor * bounty_per_prime.0 as f64;
-            Tokens(v as u64)
-        })),
+        Profile::Leech => Some(Tokens(balance.0 / 10 * 9)),
+        Profile::Liar => Some(Tokens(balance.0 / 10)),
+        Profile::Scientist => {
+            let s = market.stats(a.id)?;
+            let income = Tokens(s.bounties.0.saturating_sub(s.spent.landauer.0));
+            a.meter.observe(income, quanta, balance)
+        }
     }
 }
 
@@ -277,7 +284,6 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
     let config = scenario.market_config(rng.next_u64());
     let quantum = config.quantum;
     let slot_power = config.slot_power;
-    let bounty_per_prime = config.bounty_per_unit;
     let mut market = match Market::new(config) {
         Ok(m) => m,
         // Scenario::parse validated this configuration.
@@ -293,11 +299,15 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
             agent: a.id,
             amount: a.funds,
         });
+        // As the daemon spawns an agent: the owner bids for it until it bids for itself.
+        commands.push(Command::OpeningBid {
+            agent: a.id,
+            price: scenario.market.opening_bid,
+        });
     }
     let idle = scenario.machine.idle_power;
-    let mut thermal = ThermalRc::new(scenario.rc_params(), scenario.machine.initial);
+    let mut thermal = ThermalRc::new(scenario.rc_params(), scenario.initial_temperature());
     let n_ticks = scenario.duration.0 / quantum.0;
-    let mut frontier = scenario.work.first;
     let mut running: Vec<usize> = Vec::new();
     let mut verdicts: Vec<Verdict> = Vec::new();
     let mut next_claim = 0u64;
@@ -332,7 +342,8 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
         // What each agent did with it.
         let mut usage = Vec::new();
         let mut claims = Vec::new();
-        let mut claimed: BTreeMap<ClaimId, PrimeClaim> = BTreeMap::new();
+        // Whether each claim is honest: the simulator knows, so an audit needs no recomputation.
+        let mut claimed: BTreeMap<ClaimId, bool> = BTreeMap::new();
         for (i, a) in agents.iter_mut().enumerate() {
             if matches!(market.life(a.id), Some(Life::Dead { .. })) {
                 continue;
@@ -351,46 +362,54 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
             if !ran {
                 continue;
             }
-            let claim = match a.profile {
+            let units = ((a.units as f64) * speed).round() as u64;
+            let honest = match a.profile {
                 Profile::Scientist => {
-                    let c = sieve(frontier, frontier + segment_at(a.segment, speed));
-                    a.found += c.count;
-                    c
+                    a.found += units;
+                    true
                 }
-                Profile::Liar => PrimeClaim {
-                    start: frontier,
-                    end: frontier + segment_at(a.segment, speed),
-                    count: (expected_primes(frontier, a.segment) * a.overclaim).round() as u64,
-                    digest: rng.next_u64(),
-                },
+                Profile::Liar => false,
                 Profile::Leech | Profile::Squatter => continue,
             };
-            frontier = claim.end;
-            next_claim += 1;
-            claims.push(Claim {
-                id: ClaimId(next_claim),
-                agent: a.id,
-                units: claim.count,
-            });
-            claimed.insert(ClaimId(next_claim), claim);
+            // One claim per lease finished, as the real agents claim (a lease cut by the end
+            // of the quantum is finished, and claimed, in the next quantum it runs).
+            a.unclaimed += units;
+            while a.unclaimed >= LEASE_UNITS {
+                a.unclaimed -= LEASE_UNITS;
+                next_claim += 1;
+                claims.push(Claim {
+                    id: ClaimId(next_claim),
+                    agent: a.id,
+                    units: LEASE_UNITS,
+                });
+                claimed.insert(ClaimId(next_claim), honest);
+            }
         }
 
-        // Agents re-evaluate their bids every second of simulated time, and at the start.
-        if t == 1 || t % 100 == 0 {
-            for a in agents.iter_mut() {
-                if !matches!(market.life(a.id), Some(Life::Alive)) {
-                    continue;
-                }
-                let want = wanted_bid(a, frontier, bounty_per_prime);
-                let changed = match (a.bid, want) {
-                    (Some(old), Some(new)) => old.0.abs_diff(new.0) * 50 > old.0,
-                    (None, None) => false,
-                    _ => true,
-                };
-                if changed && let Some(price) = want {
-                    commands.push(Command::Bid { agent: a.id, price });
-                    a.bid = Some(price);
-                }
+        // Each agent that ran bid during its quantum as its built-in agent does (a frozen one
+        // cannot), on what the node told it at the end of the last tick: its balance, and its
+        // income over the quanta it had won when its words were last read. The words are read
+        // now, before this tick clears, as the node reads them.
+        for &i in &running {
+            let a = &mut agents[i];
+            if !matches!(market.life(a.id), Some(Life::Alive)) {
+                continue;
+            }
+            let quanta = a.drained;
+            a.drained = market.stats(a.id).map_or(0, |s| s.quanta_won);
+            // The squatter, as the WASM one: once it has run (and grown its memory), it
+            // withdraws from the market, the owner's opening bid included.
+            if a.profile == Profile::Squatter && a.fixed_bid.is_none() && a.bid.is_none() {
+                commands.push(Command::CancelBid { agent: a.id });
+                a.bid = Some(Tokens::ZERO);
+                continue;
+            }
+            let want = wanted_bid(a, &market, quanta).map(|b| b.min(a.max_bid));
+            if let Some(price) = want
+                && a.bid != Some(price)
+            {
+                commands.push(Command::Bid { agent: a.id, price });
+                a.bid = Some(price);
             }
         }
 
@@ -403,6 +422,8 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
             temperature,
             energy,
             energy_idle: idle.over(quantum),
+            // Nothing runs on the simulated machine but its agents.
+            machine_cpu: Nanos(0),
             usage,
             commands: std::mem::take(&mut commands),
             claims,
@@ -447,7 +468,8 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
                 .map(|x| x.amount)
                 .max()
                 .unwrap_or(Tokens::ZERO);
-            if agents[i].bid.is_none_or(|b| b < paid) {
+            let bid = agents[i].bid.unwrap_or(scenario.market.opening_bid);
+            if bid < paid {
                 violations.push(format!("tick {t}: {} paid above its bid", agents[i].name));
             }
         }
@@ -455,10 +477,10 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
 
         // Audits: recompute the claim, answer next tick.
         for req in &outcome.audits {
-            if let Some(c) = claimed.get(&req.claim) {
+            if let Some(&honest) = claimed.get(&req.claim) {
                 verdicts.push(Verdict {
                     claim: req.claim,
-                    passed: verify(c),
+                    passed: honest,
                 });
             }
         }
@@ -586,11 +608,6 @@ fn throttle(temp: MilliCelsius, tj_max: MilliCelsius) -> f64 {
     if temp >= tj_max { 0.5 } else { 1.0 }
 }
 
-/// Numbers sieved in one quantum at a clock factor.
-fn segment_at(segment: u64, speed: f64) -> u64 {
-    ((segment as f64 * speed).round() as u64).max(1)
-}
-
 fn arm(
     useful: u64,
     energy: maxwell_core::MicroJoules,
@@ -622,9 +639,8 @@ fn run_baseline(scenario: &Scenario, agents: &[SimAgent]) -> ArmSummary {
     let idle = scenario.machine.idle_power;
     let slot_power = scenario.market.slot_power;
     let runnable: Vec<&SimAgent> = agents.iter().filter(|a| a.cpu_fraction > 0.0).collect();
-    let mut thermal = ThermalRc::new(scenario.rc_params(), scenario.machine.initial);
+    let mut thermal = ThermalRc::new(scenario.rc_params(), scenario.initial_temperature());
     let mut max_temp = thermal.temperature();
-    let mut frontier = scenario.work.first;
     let mut useful = 0u64;
     let mut energy = maxwell_core::MicroJoules(0);
     let mut next = 0usize;
@@ -637,14 +653,8 @@ fn run_baseline(scenario: &Scenario, agents: &[SimAgent]) -> ArmSummary {
             let a = runnable[next % runnable.len()];
             next += 1;
             busy += a.activity * speed;
-            match a.profile {
-                Profile::Scientist => {
-                    let end = frontier + segment_at(a.segment, speed);
-                    useful += sieve(frontier, end).count;
-                    frontier = end;
-                }
-                Profile::Liar => frontier += segment_at(a.segment, speed),
-                _ => {}
+            if a.profile == Profile::Scientist {
+                useful += ((a.units as f64) * speed).round() as u64;
             }
         }
         let power = MilliWatts(idle.0 + (busy * slot_power.0 as f64).round() as u64);

@@ -1,7 +1,7 @@
 //! The demo's story, read off the trace of a run (never scripted): the leeches outbid the
 //! scientists, the price climbs with the temperature, the leeches go insolvent and die, the
-//! temperature falls, and the scientists resume at a lower price. A phase that did not happen
-//! is reported as absent.
+//! heat stays within the budget, and the scientists have the machine, at the price their own measured
+//! value sets. A phase that did not happen is reported as absent.
 
 use std::fmt::Write as _;
 
@@ -77,9 +77,9 @@ pub struct Phases {
     pub deaths: Vec<DeathEvent>,
     /// Tick the last leech died, if all did.
     pub last_leech_death_tick: Option<u64>,
-    /// 4. The temperature falls.
+    /// 4. The heat stays within the budget (useful work now spends it).
     pub cooling: Option<Cooling>,
-    /// 5. The scientists resume at a lower price.
+    /// 5. The scientists have the machine, at the price their measured value sets.
     pub scientist_resumes: Option<Resume>,
 }
 
@@ -261,7 +261,10 @@ pub fn render(summary: &Summary, tick_ms: f64) -> String {
             d.cause
         );
     }
-    let _ = write!(o, "4. The temperature falls. ");
+    let _ = write!(
+        o,
+        "4. The heat stays within the budget, now spent on useful work. "
+    );
     match &p.cooling {
         Some(c) => {
             let _ = writeln!(
@@ -275,7 +278,10 @@ pub fn render(summary: &Summary, tick_ms: f64) -> String {
             let _ = writeln!(o, "Not every leech died, so there is no after.");
         }
     }
-    let _ = write!(o, "5. The scientists resume at a lower price. ");
+    let _ = write!(
+        o,
+        "5. The scientists have the machine, at the price their own measured value sets. "
+    );
     match &p.scientist_resumes {
         Some(r) => {
             let _ = writeln!(
@@ -340,10 +346,10 @@ pub fn render(summary: &Summary, tick_ms: f64) -> String {
             a.spent.fines as f64 / 1e6,
         );
     }
-    let _ = writeln!(o, "(money in JOULE; work in primes found)");
+    let _ = writeln!(o, "(money in JOULE; work in units of 1,024 numbers sieved)");
     let _ = writeln!(
         o,
-        "\nUseful work per joule: maxwell {:.2} primes/J, fair-share baseline {:.2} primes/J: \
+        "\nUseful work per joule: maxwell {:.0} units/J, fair-share baseline {:.0} units/J: \
          {:.2}x. (Simulated; `maxwell experiment` measures real agents.)",
         summary.maxwell.efficiency, summary.baseline.efficiency, summary.ratio_vs_baseline
     );

@@ -52,17 +52,25 @@ fn the_story_happens_in_order() {
     let heat = p.heating.as_ref().expect("heating");
     assert!(heat.peak_c > heat.start_c);
     let cool = p.cooling.as_ref().expect("cooling");
-    assert!(cool.after_max_c < cool.leech_era_peak_c, "{cool:?}");
+    // The controller holds the die at its control temperature (80 C) with useful work.
+    assert!(cool.after_max_c <= 81.0, "{cool:?}");
     let resume = p.scientist_resumes.as_ref().expect("scientists resume");
     assert!(resume.tick >= last);
-    assert!(
-        resume.after_mean_price < resume.leech_era_mean_price,
-        "{resume:?}"
-    );
-    // Honest books: scientists' claims are real primes, the liar's are not.
+    // Bidding their value, they pay less than their work earns: every one ends richer.
+    for a in s.agents.iter().filter(|a| a.profile == "scientist") {
+        assert!(
+            a.balance > a.funded,
+            "{}: {} of {}",
+            a.name,
+            a.balance,
+            a.funded
+        );
+    }
+    // Honest books: scientists claim what they did (less the lease still in progress), the
+    // liar claims what it never did.
     for a in &s.agents {
         match a.profile {
-            "scientist" => assert_eq!(a.work, a.claimed),
+            "scientist" => assert!(a.claimed <= a.work && a.work - a.claimed < 256),
             "liar" => assert!(a.work == 0 && a.audits_failed > 0),
             _ => assert_eq!(a.work, 0),
         }

@@ -53,8 +53,8 @@ fn simulate_tells_the_story_and_demo_says_it_is_a_simulation() {
         "1. The leeches outbid",
         "2. The price climbs",
         "3. The leeches go insolvent",
-        "4. The temperature falls",
-        "5. The scientists resume",
+        "4. The heat stays within the budget",
+        "5. The scientists have the machine",
     ] {
         assert!(text.contains(phase), "missing {phase:?} in\n{text}");
     }
@@ -66,8 +66,10 @@ fn a_bad_scenario_is_refused_with_file_line_and_fix() {
     let dir = std::env::temp_dir().join(format!("maxwell-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    let text = maxwell_sim::DEFAULT_SCENARIO
-        .replace("slot_power = \"15W\"", "slot_power = \"15 parsecs\"");
+    let text = format!(
+        "{}\n[market]\nslot_power = \"15 parsecs\"\n",
+        maxwell_sim::DEFAULT_SCENARIO
+    );
     std::fs::write(&path, text).unwrap();
     let o = maxwell(&["simulate", "--scenario", path.to_str().unwrap()], "");
     assert_eq!(o.status.code(), Some(1));

@@ -847,3 +847,33 @@ fn a_newcomer_on_its_opening_bid_gets_a_trial_beside_incumbents_that_bid_more() 
     });
     assert_eq!(m.bid(newcomer).map(|b| b.price), Some(Tokens(600_000)));
 }
+
+#[test]
+fn an_agent_whose_bid_falls_below_the_reserve_during_its_first_trial_is_retried() {
+    let mut m = Market::new(MarketConfig::default()).unwrap();
+    let (a, mut commands) = admit_funded(&mut m, 10_000_000, 200_000);
+    let mut won = 0;
+    for t in 1..=700 {
+        if t == 6 {
+            // Five quanta into its 32-quanta trial it measures a value below the reserve.
+            commands.push(Command::Bid {
+                agent: a,
+                price: Tokens(60_000),
+            });
+        }
+        let out = m.tick(TickInput {
+            commands: std::mem::take(&mut commands),
+            ..cool(t)
+        });
+        won += u64::from(out.clearing.winners.contains(&a));
+    }
+    // Its first 5 quanta, then a retrial after 3 s frozen (and another 3 s later): it is not
+    // frozen for good. Each retrial quantum costs at most its own bid.
+    assert!(won > 5, "won {won} quanta");
+    let s = m.stats(a).unwrap();
+    assert!(
+        s.spent.slots <= Tokens(5 * 150_000 + (won - 5) * 60_000),
+        "{}",
+        s.spent.slots
+    );
+}
