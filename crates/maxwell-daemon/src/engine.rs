@@ -623,7 +623,7 @@ impl Engine {
                 changed || n.is_multiple_of(10) || !report.deaths.is_empty(),
             );
             let work = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.record(late, work, due.skipped);
+            self.record(late, work, due.skipped, report.audit_backlog);
         }
         for (name, e) in self.node.freeze_all() {
             tracing::warn!(agent = %name, error = %e, "could not freeze at shutdown");
@@ -638,7 +638,7 @@ impl Engine {
         Ok(())
     }
 
-    fn record(&mut self, late: u64, work: u64, skipped: u64) {
+    fn record(&mut self, late: u64, work: u64, skipped: u64, audit_backlog: usize) {
         self.late.push_back(late);
         self.work.push_back(work);
         if self.late.len() > 1000 {
@@ -655,6 +655,14 @@ impl Engine {
         if let Ok(mut g) = self.shared.stats.lock() {
             g.ticks += 1;
             g.skipped = g.skipped.saturating_add(skipped);
+            g.audit_backlog = audit_backlog as u64;
+            for (n, ms) in g
+                .late_over_ms
+                .iter_mut()
+                .zip(crate::api::LATE_THRESHOLDS_MS)
+            {
+                *n += u64::from(late > ms * 1000);
+            }
             // Percentiles are recomputed every 100 ticks (sorting 1,000 numbers each tick
             // would cost more than the tick itself with idle agents).
             if g.ticks.is_multiple_of(100) || g.ticks < 100 {

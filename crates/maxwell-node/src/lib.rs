@@ -11,7 +11,9 @@
 //! 3. runs `Market::tick`;
 //! 4. commits the tick's batch to the ledger (before acting on it: a crash never acts on a tick
 //!    that is not durable);
-//! 5. audits the claims the market drew by recomputation, for the next tick's verdicts;
+//! 5. hands the claims the market drew for audit to the [`audit::Auditor`]'s worker thread,
+//!    whose verdicts reach the market at the first tick after they are ready (a recomputation
+//!    never delays a tick);
 //! 6. kills the dead, freezes the dying and the losers, resumes the winners, and tells each
 //!    winner its balance, the price and its net income per quantum, and tops up the ranges of
 //!    work leased to it.
@@ -26,10 +28,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use maxwell_core::work::{Dispenser, PrimeClaim, units, verify};
+use maxwell_core::work::{Dispenser, PrimeClaim, units};
 use maxwell_core::{
     AgentId, Cause, Claim, ClaimId, Command, Life, Market, MarketConfig, MicroJoules, MilliCelsius,
-    MilliWatts, Nanos, TickInput, Tokens, Verdict,
+    MilliWatts, Nanos, TickInput, Tokens,
 };
 use maxwell_ledger::Ledger;
 use maxwell_physics::Physics;
@@ -68,6 +70,7 @@ pub fn tuned_for(base: MarketConfig, physics: &Physics) -> MarketConfig {
     }
 }
 
+pub mod audit;
 pub mod defaults;
 pub mod pacer;
 
@@ -90,6 +93,9 @@ pub enum NodeError {
     /// An agent name is taken.
     #[error("an agent named {0:?} already exists; names must be unique")]
     DuplicateName(String),
+    /// The audit worker could not start or is gone.
+    #[error("audits: {0}")]
+    Auditor(String),
 }
 
 struct Slot {
@@ -145,8 +151,10 @@ pub struct TickReport {
     pub energy_modelled: bool,
     /// Agents that died this tick.
     pub deaths: Vec<DeathReport>,
-    /// Claims that passed and failed their audits this tick.
+    /// Claims whose audit verdicts reached the market this tick: passed, failed.
     pub audits: (u32, u32),
+    /// Audits asked for and not answered yet (recomputations queued on the audit worker).
+    pub audit_backlog: usize,
     /// Claims refused: the range was not leased to the claimant (someone else's, already
     /// claimed, or never handed out).
     pub refused_claims: u32,
@@ -169,8 +177,8 @@ pub struct Node {
     ledger: Option<Ledger>,
     slots: BTreeMap<AgentId, Slot>,
     commands: Vec<Command>,
-    verdicts: Vec<Verdict>,
     pending: BTreeMap<ClaimId, PrimeClaim>,
+    auditor: audit::Auditor,
     work: Dispenser,
     next_claim: u64,
     last_now: Option<Nanos>,
@@ -193,8 +201,9 @@ impl Node {
             ledger,
             slots: BTreeMap::new(),
             commands: Vec::new(),
-            verdicts: Vec::new(),
             pending: BTreeMap::new(),
+            auditor: audit::Auditor::start()
+                .map_err(|e| NodeError::Auditor(format!("cannot start the worker thread: {e}")))?,
             work: Dispenser::default(),
             next_claim: 0,
             last_now: None,
@@ -457,6 +466,14 @@ impl Node {
             }
         }
 
+        let verdicts = self
+            .auditor
+            .ready()
+            .map_err(|e| NodeError::Auditor(e.to_string()))?;
+        let audits = (
+            verdicts.iter().filter(|v| v.passed).count() as u32,
+            verdicts.iter().filter(|v| !v.passed).count() as u32,
+        );
         let outcome = self.market.tick(TickInput {
             now,
             temperature: reading.temperature,
@@ -466,7 +483,7 @@ impl Node {
             usage,
             commands: std::mem::take(&mut self.commands),
             claims,
-            verdicts: std::mem::take(&mut self.verdicts),
+            verdicts,
         });
         // Durable before acted on.
         // A tick that moved no money, killed nobody and accepted no work changes nothing
@@ -482,19 +499,11 @@ impl Node {
         }
 
         // Audits are drawn among this tick's claims; the others need no recomputation.
-        let mut audits = (0, 0);
         for a in &outcome.audits {
             if let Some(c) = self.pending.remove(&a.claim) {
-                let passed = verify(&c);
-                if passed {
-                    audits.0 += 1;
-                } else {
-                    audits.1 += 1;
-                }
-                self.verdicts.push(Verdict {
-                    claim: a.claim,
-                    passed,
-                });
+                self.auditor
+                    .submit(a.claim, c)
+                    .map_err(|e| NodeError::Auditor(e.to_string()))?;
             }
         }
         self.pending.clear();
@@ -519,62 +528,70 @@ impl Node {
             }
         }
         let price = outcome.clearing.price;
-        for (&id, slot) in &mut self.slots {
-            if slot.killed {
-                continue;
-            }
-            let win = outcome.clearing.winners.contains(&id);
-            if win {
-                // Told its balance, the price and its record before it runs, and handed work;
-                // a frozen agent reads nothing.
-                slot.agent
-                    .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
-                // Income so far covers the quanta it had run when its words were last drained
-                // (a frozen agent is drained only every few ticks): told those, the ratio is the
-                // value of a won quantum as the agent really gets it, not biased low by claims
-                // still in its mailbox. (Valuing CPU time instead overbid: a won quantum is less
-                // than a whole CPU on a busy machine, and equals paid more than they earned.)
-                if let Some(s) = self.market.stats(id) {
-                    let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
-                    slot.agent
-                        .mailbox()
-                        .inform_income(Tokens(income), slot.quanta_drained);
+        // Losers are frozen before winners are resumed: a loser parks on a CPU a winner does
+        // not yet compete for (agents yield to the tick thread, so a winner woken first could
+        // keep a parking loser, and the tick waiting for it, off the CPU for a whole slice).
+        for freezing in [true, false] {
+            for (&id, slot) in &mut self.slots {
+                if slot.killed {
+                    continue;
                 }
-                let mailbox = slot.agent.mailbox();
-                let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());
-                let work = &mut self.work;
-                mailbox.give_work((0..want).map(|_| work.lease(id.0)));
-                if !slot.running {
-                    match slot.agent.resume() {
-                        Ok(()) => slot.running = true,
-                        // It paid for a quantum it cannot have: end it, and say so.
-                        Err(e) => {
-                            sandbox_errors.push((id, format!("resume: {e}")));
+                let win = outcome.clearing.winners.contains(&id);
+                if win == freezing {
+                    continue;
+                }
+                if win {
+                    // Told its balance, the price and its record before it runs, and handed work;
+                    // a frozen agent reads nothing.
+                    slot.agent
+                        .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
+                    // Income so far covers the quanta it had run when its words were last drained
+                    // (a frozen agent is drained only every few ticks): told those, the ratio is the
+                    // value of a won quantum as the agent really gets it, not biased low by claims
+                    // still in its mailbox. (Valuing CPU time instead overbid: a won quantum is less
+                    // than a whole CPU on a busy machine, and equals paid more than they earned.)
+                    if let Some(s) = self.market.stats(id) {
+                        let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
+                        slot.agent
+                            .mailbox()
+                            .inform_income(Tokens(income), slot.quanta_drained);
+                    }
+                    let mailbox = slot.agent.mailbox();
+                    let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());
+                    let work = &mut self.work;
+                    mailbox.give_work((0..want).map(|_| work.lease(id.0)));
+                    if !slot.running {
+                        match slot.agent.resume() {
+                            Ok(()) => slot.running = true,
+                            // It paid for a quantum it cannot have: end it, and say so.
+                            Err(e) => {
+                                sandbox_errors.push((id, format!("resume: {e}")));
+                                self.commands.push(Command::Kill {
+                                    agent: id,
+                                    cause: Cause::Limit {
+                                        what: format!("resume failed: {e}"),
+                                    },
+                                });
+                            }
+                        }
+                    }
+                    slot.frozen_for = 0;
+                } else {
+                    if slot.running {
+                        slot.running = false;
+                        if let Err(e) = slot.agent.pause() {
+                            // It may still be running, unpaid: end it.
+                            sandbox_errors.push((id, format!("pause: {e}")));
                             self.commands.push(Command::Kill {
                                 agent: id,
                                 cause: Cause::Limit {
-                                    what: format!("resume failed: {e}"),
+                                    what: format!("pause failed: {e}"),
                                 },
                             });
                         }
                     }
+                    slot.frozen_for += 1;
                 }
-                slot.frozen_for = 0;
-            } else {
-                if slot.running {
-                    slot.running = false;
-                    if let Err(e) = slot.agent.pause() {
-                        // It may still be running, unpaid: end it.
-                        sandbox_errors.push((id, format!("pause: {e}")));
-                        self.commands.push(Command::Kill {
-                            agent: id,
-                            cause: Cause::Limit {
-                                what: format!("pause failed: {e}"),
-                            },
-                        });
-                    }
-                }
-                slot.frozen_for += 1;
             }
         }
 
@@ -590,6 +607,7 @@ impl Node {
             energy_modelled: reading.energy_modelled,
             deaths,
             audits,
+            audit_backlog: self.auditor.backlog(),
             refused_claims,
             sandbox_errors,
             refused: outcome

@@ -373,6 +373,19 @@ fn push(p: &mut Pending, m: Message) {
     }
 }
 
+/// The nice value of agents' threads (and of other work that must yield to the tick thread,
+/// such as audits): the tick thread, at the default 0, then wins every wakeup against them, so
+/// an agent that burns its whole slot cannot make the tick that ends the slot late. Agents are
+/// all at the same value, so their shares among themselves do not change.
+pub const AGENT_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to `nice` (raising a nice value needs no
+/// privilege). On Linux the nice value is per thread.
+pub fn yield_to_the_tick_thread(nice: i32) -> std::io::Result<()> {
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+        .map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,9 @@ enum Is {
 #[derive(Debug)]
 struct Shared {
     want: AtomicU8,
+    /// Set once the agent's thread has ended (`is` then holds its exit): read without the lock,
+    /// so that resuming an agent never waits for its (lower-priority) thread to release it.
+    done: std::sync::atomic::AtomicBool,
     is: Mutex<(Is, Option<Exit>)>,
     cv: Condvar,
     cpu_ns: AtomicU64,
@@ -464,6 +467,7 @@ impl Sandbox for WasmSandbox {
             .saturating_mul(65_536);
         let shared = Arc::new(Shared {
             want: AtomicU8::new(WANT_PAUSE),
+            done: std::sync::atomic::AtomicBool::new(false),
             is: Mutex::new((Is::Parked, None)),
             cv: Condvar::new(),
             cpu_ns: AtomicU64::new(0),
@@ -535,6 +539,10 @@ impl Sandbox for WasmSandbox {
 }
 
 fn agent_thread(mut store: Store<Host>, pre: InstancePre<Host>, shared: Arc<Shared>) {
+    if let Err(e) = crate::yield_to_the_tick_thread(crate::AGENT_NICE) {
+        // A scheduling hint: the agent still runs, the tick may be later under load.
+        eprintln!("maxwell: could not lower an agent thread's priority: {e}");
+    }
     let fut = async move {
         let instance = pre.instantiate_async(&mut store).await?;
         let memory = instance.get_memory(&mut store, "memory");
@@ -547,26 +555,42 @@ fn agent_thread(mut store: Store<Host>, pre: InstancePre<Host>, shared: Arc<Shar
     let mut fut: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>> = Box::pin(fut);
     let mut cx = Context::from_waker(Waker::noop());
     let exit = loop {
-        {
-            let mut g = shared.lock();
-            loop {
-                match shared.want.load(Ordering::Acquire) {
-                    WANT_RUN => break,
-                    WANT_STOP => break,
-                    _ => {
-                        g.0 = Is::Parked;
-                        shared.cv.notify_all();
-                        g = shared.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        // Parked, the thread sleeps in `park`: the host wakes it with `unpark` after changing
+        // `want`, taking no lock (a lock this lower-priority thread held when preempted would
+        // make the tick wait for it). The parking itself is announced under the lock, for the
+        // host's `pause`, which waits for it.
+        let stopped = loop {
+            match shared.want.load(Ordering::Acquire) {
+                WANT_STOP => break true,
+                WANT_RUN => {
+                    // Running is announced under the lock with `want` checked again, so that
+                    // a `pause` that saw the agent parked cannot miss it starting.
+                    let mut g = shared.lock();
+                    if shared.want.load(Ordering::Acquire) == WANT_RUN {
+                        g.0 = Is::Running;
+                        break false;
+                    }
+                }
+                _ => {
+                    {
+                        let mut g = shared.lock();
+                        if g.0 != Is::Parked {
+                            g.0 = Is::Parked;
+                            shared.cv.notify_all();
+                        }
+                    }
+                    // An `unpark` after the check above leaves a token: this returns at once.
+                    if shared.want.load(Ordering::Acquire) == WANT_PAUSE {
+                        std::thread::park();
                     }
                 }
             }
-            if shared.want.load(Ordering::Acquire) == WANT_STOP {
-                break Exit {
-                    reason: ExitReason::Killed,
-                    detail: "killed by the host while paused".into(),
-                };
-            }
-            g.0 = Is::Running;
+        };
+        if stopped {
+            break Exit {
+                reason: ExitReason::Killed,
+                detail: "killed by the host while paused".into(),
+            };
         }
         let polled = fut.as_mut().poll(&mut cx);
         shared.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
@@ -599,6 +623,7 @@ fn agent_thread(mut store: Store<Host>, pre: InstancePre<Host>, shared: Arc<Shar
     drop(fut);
     let mut g = shared.lock();
     *g = (Is::Done, Some(exit));
+    shared.done.store(true, Ordering::Release);
     shared.cv.notify_all();
 }
 
@@ -629,8 +654,18 @@ impl WasmAgent {
     }
 
     fn exited(&self) -> Option<Exit> {
+        if !self.shared.done.load(Ordering::Acquire) {
+            return None;
+        }
         let g = self.shared.lock();
         if g.0 == Is::Done { g.1.clone() } else { None }
+    }
+
+    /// Wakes the agent's thread if it is parked (no lock taken).
+    fn wake(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     fn wait_for(&self, what: &'static str, done: impl Fn(Is) -> bool) -> Result<(), SandboxError> {
@@ -657,10 +692,7 @@ impl WasmAgent {
     fn stop(&mut self, reason: &str) -> Exit {
         self.shared.want.store(WANT_STOP, Ordering::Release);
         self.engine.increment_epoch();
-        {
-            let _g = self.shared.lock();
-            self.shared.cv.notify_all();
-        }
+        self.wake();
         let waited = self.wait_for("kill", |is| is == Is::Done);
         if let (Ok(()), Some(t)) = (waited, self.thread.take()) {
             let _ = t.join();
@@ -695,8 +727,7 @@ impl Agent for WasmAgent {
         }
         self.ticking(true);
         self.shared.want.store(WANT_RUN, Ordering::Release);
-        let _g = self.shared.lock();
-        self.shared.cv.notify_all();
+        self.wake();
         Ok(())
     }
 
