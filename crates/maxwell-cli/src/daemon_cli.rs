@@ -78,12 +78,15 @@ impl ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AgentsCommand {
-    /// Start an agent (paused until it wins a slot), owned by your key; optionally fund it.
+    /// Start an agent (paused until it wins a slot), owned by your key and funded (at least one
+    /// slot's energy, 0.15 JOULE by default: an agent that cannot pay for one slot is refused).
     Spawn(SpawnArgs),
     /// List agents: state, balance, bid, energy, work.
     List(ListArgs),
     /// Kill an agent (its owner's wish; recorded in the ledger).
     Kill(NameArgs),
+    /// An agent's last log lines (the daemon keeps 200 per agent; an agent may log 10 a second).
+    Logs(NameArgs),
 }
 
 #[derive(Debug, Args)]
@@ -102,7 +105,7 @@ pub(crate) struct SpawnArgs {
     /// Arguments of a native program.
     #[arg(last = true)]
     args: Vec<String>,
-    /// Fund the wallet with this much right away (e.g. "10 JOULE").
+    /// Fund the wallet with this much (e.g. "10 JOULE"); the spawn answers once it is credited.
     #[arg(long)]
     fund: Option<Tokens>,
     /// Cap on its bid per slot (e.g. "2 JOULE").
@@ -248,12 +251,6 @@ pub(crate) fn agents(c: &AgentsCommand) -> anyhow::Result<Exit> {
                 v.backend,
                 joules(v.balance)
             ))?;
-            if a.fund.is_none() {
-                write_out(
-                    "warning: its wallet is empty, so the first rent makes it insolvent; \
-                     fund it now with `maxwell wallet fund`\n",
-                )?;
-            }
             Ok(Exit::Success)
         }),
         AgentsCommand::List(a) => rt.block_on(async {
@@ -286,6 +283,26 @@ pub(crate) fn agents(c: &AgentsCommand) -> anyhow::Result<Exit> {
                 ));
             }
             write_out(&s)?;
+            Ok(Exit::Success)
+        }),
+        AgentsCommand::Logs(a) => rt.block_on(async {
+            let path = format!("/v1/agents/{}/logs", a.name);
+            let v: maxwell_daemon::api::LogsView =
+                a.client.client().call("GET", &path, None::<&()>).await?;
+            let mut t = String::new();
+            for l in &v.lines {
+                t.push_str(&format!("tick {:>8}  {}\n", l.tick, l.line));
+            }
+            if v.dropped > 0 {
+                t.push_str(&format!(
+                    "({} lines dropped: over 10 a second)\n",
+                    v.dropped
+                ));
+            }
+            if v.lines.is_empty() {
+                t.push_str(&format!("{} has logged nothing yet\n", v.name));
+            }
+            write_out(&t)?;
             Ok(Exit::Success)
         }),
         AgentsCommand::Kill(a) => rt.block_on(async {
@@ -333,7 +350,7 @@ pub(crate) fn wallet(c: &WalletCommand) -> anyhow::Result<Exit> {
             WalletCommand::Fund(a) => {
                 let w = fund(&a.client.client(), &a.client.key()?, &a.name, a.amount).await?;
                 write_out(&format!(
-                    "{}: funded {}; balance {} after the next tick\n",
+                    "{}: funded {} (credited and committed); balance {}\n",
                     w.name,
                     joules(a.amount),
                     joules(w.balance)
@@ -435,6 +452,15 @@ impl ChildDaemon {
     /// Its pid.
     pub(crate) fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// SIGKILL, as a crash would; waits for it to be gone.
+    pub(crate) fn kill9(self) -> anyhow::Result<()> {
+        // Not dropped: its Drop would signal a pid that is no longer its own.
+        let mut me = std::mem::ManuallyDrop::new(self);
+        me.0.kill()?;
+        me.0.wait()?;
+        Ok(())
     }
 }
 

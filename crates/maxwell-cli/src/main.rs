@@ -8,6 +8,7 @@
 
 mod auction;
 mod bench;
+mod crash;
 mod daemon_bench;
 mod daemon_cli;
 mod experiment;
@@ -107,6 +108,10 @@ enum Command {
     /// The demo's roster (4 scientists, 4 leeches) on a real daemon for minutes (default 10m):
     /// survivors, balances, deaths and their causes, tick lateness.
     Soak(soak::SoakArgs),
+    /// SIGKILL the daemon at random moments under load (default 100 times) and check after each
+    /// kill that the ledger verifies, no acknowledged funding is lost, nothing is minted twice
+    /// and the restart resumes.
+    CrashTest(crash::CrashArgs),
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
         Command::Soak(a) => soak::run(&a),
+        Command::CrashTest(a) => crash::run(&a),
         Command::Ledger(c) => ledger::run(&c),
         Command::Experiment(a) => experiment::run(&a),
         Command::Daemon(a) => daemon_cli::daemon(&a),

@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use maxwell_core::{Bytes, MarketConfig, Tokens};
 use maxwell_node::pacer::Pacer;
 use maxwell_node::{Node, defaults};
@@ -20,11 +18,8 @@ fn load(path: Option<&Path>) -> anyhow::Result<Scenario> {
     match path {
         None => Ok(Scenario::default_scenario()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| {
-                format!(
-                    "cannot read scenario {}; `maxwell simulate --print-scenario` shows one to start from",
-                    p.display()
-                )
+            let text = maxwell_daemon::files::read_text(p, "scenario").map_err(|e| {
+                anyhow::anyhow!("{e}; `maxwell simulate --print-scenario` shows one to start from")
             })?;
             Ok(Scenario::parse(&text, &p.display().to_string())?)
         }

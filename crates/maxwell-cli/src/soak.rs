@@ -1,7 +1,7 @@
 //! `maxwell soak`: the demo's roster (4 scientists, 4 leeches) on a real daemon for minutes,
 //! as a user runs it; progress every `--every`, then survivors, balances, deaths with their
 //! causes and the tick loop's lateness. Exit 3 if a scientist died, a leech outlived its first
-//! 10 s, or tick lateness p99 exceeded 2 ms.
+//! 10 s, or more than 1% of the run's ticks began over 2 ms late.
 
 use std::time::{Duration, Instant};
 

@@ -161,6 +161,12 @@ pub struct LedgerBatch {
     pub deaths: Vec<Death>,
 }
 
+/// The most money that may ever exist: the durable ledger stores amounts and balances in
+/// signed 64-bit columns, so the minted total (which bounds every balance and every amount) is
+/// held to `i64::MAX` micro-JOULE (about 9.2 million million JOULE). Minting past it is
+/// refused, so every balance is stored exactly.
+pub const MAX_SUPPLY: Tokens = Tokens(i64::MAX as u64);
+
 /// Why a transfer could not be applied (a bug in the caller: the market only moves money an
 /// account has).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,6 +272,7 @@ impl Books {
             self.minted = self
                 .minted
                 .checked_add(t.amount)
+                .filter(|m| *m <= MAX_SUPPLY)
                 .ok_or(TransferError::Overflow(Account::Mint))?;
         } else {
             let from = self.slot(t.from)?;

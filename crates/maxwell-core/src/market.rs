@@ -30,7 +30,7 @@ use crate::book::{AgentId, Bid, Clearing, OrderBook};
 use crate::energy::{attribute, split};
 use crate::ledger::{Account, Books, Cause, Death, LedgerBatch, Transfer, TransferKind};
 use crate::pricing::{Offer, PidConfig, PidConfigError, PowerAllocator, offer};
-use crate::rules::{PPM, audit_fine, bounty, landauer_tax, memory_rent};
+use crate::rules::{PPM, audit_fine, bounty, covered_audit_ppm, landauer_tax, memory_rent};
 use crate::units::{Bytes, GridPrice, MicroJoules, MilliCelsius, MilliWatts, Nanos, Tokens};
 
 /// Every knob of the market. Defaults are documented on each field.
@@ -382,15 +382,15 @@ pub enum Refusal {
     /// A claim id is already awaiting audit.
     #[error("claim {0} is already pending")]
     DuplicateClaim(u64),
-    /// The wallet cannot cover the fine the claim would cost if it failed its audit.
-    #[error("the wallet cannot cover the {0} micro-JOULE fine this claim risks; claim less")]
-    Uncovered(u64),
     /// A verdict names no pending audit.
     #[error("no audit is pending for claim {0}")]
     UnknownClaim(u64),
     /// `Kill` must carry an owner or limit cause.
     #[error("a kill must give the owner or a containment limit as its cause")]
     BadKillCause,
+    /// A funding of nothing.
+    #[error("a funding must be of at least 1 micro-JOULE")]
+    ZeroFunding,
 }
 
 /// A driver-chosen identifier of one claim.
@@ -547,6 +547,7 @@ impl Market {
         mut books: Books,
         max_bids: &[Tokens],
         dead: &BTreeMap<AgentId, (u64, Cause)>,
+        stats: &BTreeMap<AgentId, AgentStats>,
         tick: u64,
     ) -> Result<Market, MarketConfigError> {
         let mut m = Market::new(config)?;
@@ -574,7 +575,7 @@ impl Market {
                 trial_until: 0,
                 last_won: tick,
                 own_bid: false,
-                stats: AgentStats::default(),
+                stats: stats.get(&AgentId(i as u32)).copied().unwrap_or_default(),
             })
             .collect();
         // Wallets the books know beyond `max_bids` (never: the roster is written before the
@@ -662,6 +663,16 @@ impl Market {
     /// Any account's balance (`None` for mint).
     pub fn account_balance(&self, account: Account) -> Option<Tokens> {
         self.books.balance(account)
+    }
+
+    /// What may still be minted before the books reach [`MAX_SUPPLY`](crate::ledger::MAX_SUPPLY):
+    /// a funding above it is refused (check it where money enters, before answering).
+    pub fn mintable(&self) -> Tokens {
+        Tokens(
+            crate::ledger::MAX_SUPPLY
+                .0
+                .saturating_sub(self.books.minted().0),
+        )
     }
 
     /// Total ever minted.
@@ -959,6 +970,9 @@ impl Market {
         match cmd {
             Command::Fund { agent, amount } => {
                 self.alive(*agent)?;
+                if *amount == Tokens::ZERO {
+                    return Err(Refusal::ZeroFunding);
+                }
                 let t = Transfer {
                     from: Account::Mint,
                     to: Account::Agent(*agent),
@@ -1175,11 +1189,13 @@ impl Market {
             }
         }
 
-        // 3d. Claims. A claim must be covered by its potential fine (so that cheating has negative
-        // expected value whatever its size); the audit lottery is drawn first; an audited claim's
-        // bounty is held until its verdict passes, an unaudited one is paid now. While the audit
-        // backlog is full every claim is refused, so a full backlog cannot be used to dodge
-        // audits.
+        // 3d. Claims. A claim is audited at least at the base rate q, and more often when the
+        // wallet could not pay the fine (bounty / q) at that rate (`covered_audit_ppm`), so that
+        // cheating has an expected fine of at least its bounty whatever the claimant's wealth,
+        // while a poor honest agent can still work; the audit lottery is drawn first; an
+        // audited claim's bounty is held until its verdict passes, an unaudited one is paid
+        // now. While the audit backlog is full every claim is refused, so a full backlog cannot
+        // be used to dodge audits.
         let mut audits = Vec::new();
         for c in &input.claims {
             let refuse = |refused: &mut Vec<(String, Refusal)>, e| {
@@ -1198,18 +1214,17 @@ impl Market {
                 continue;
             }
             let on_probation = self.agents[c.agent.0 as usize].on_probation;
+            let nominal = bounty(c.units, self.config.bounty_per_unit);
             let ppm = if on_probation {
                 PPM
             } else {
-                self.config.audit_ppm
+                covered_audit_ppm(
+                    nominal,
+                    self.balance(c.agent).unwrap_or(Tokens::ZERO),
+                    self.config.audit_ppm,
+                )
             };
-            let nominal = bounty(c.units, self.config.bounty_per_unit);
-            let stake = audit_fine(nominal, ppm);
-            if self.balance(c.agent).unwrap_or(Tokens::ZERO) < stake {
-                refuse(&mut refused, Refusal::Uncovered(stake.0));
-                continue;
-            }
-            let audited = on_probation || (self.rng.next_u64() % u64::from(PPM)) < u64::from(ppm);
+            let audited = ppm >= PPM || (self.rng.next_u64() % u64::from(PPM)) < u64::from(ppm);
             let s = &mut self.agents[c.agent.0 as usize].stats;
             s.work_claimed = s.work_claimed.saturating_add(c.units);
             if audited {

@@ -63,11 +63,51 @@ pub fn audit_fine(bounty: Tokens, audit_ppm: u32) -> Tokens {
     bounty.mul_div_ceil(u64::from(PPM), u64::from(audit_ppm.max(1)))
 }
 
+/// The audit rate of a claim worth `bounty` from a wallet of `balance`: the base rate, or the
+/// lowest rate above it at which the fine (`bounty / q`) fits the wallet; every claim is
+/// audited (`q = 1`) when even the bounty does not. So a liar's expected fine is its bounty
+/// whatever its wealth, and a poor honest agent may claim: it is only checked more often (a
+/// wallet-sized stake used to shut every wallet below `bounty / q` out of all work).
+pub fn covered_audit_ppm(bounty: Tokens, balance: Tokens, base_ppm: u32) -> u32 {
+    if balance.0 == 0 {
+        return PPM;
+    }
+    let needed = u128::from(bounty.0) * u128::from(PPM);
+    let needed = needed.div_ceil(u128::from(balance.0));
+    u32::try_from(needed)
+        .unwrap_or(PPM)
+        .clamp(base_ppm.clamp(1, PPM), PPM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const GRID: GridPrice = GridPrice(Tokens(1_000_000));
+
+    #[test]
+    fn a_small_wallet_is_audited_more_often_so_that_its_fine_fits() {
+        // 0.4 JOULE of bounty at q = 1% risks a 40 JOULE fine.
+        assert_eq!(
+            covered_audit_ppm(Tokens(400_000), Tokens(40_000_000), 10_000),
+            10_000
+        );
+        // From a wallet of 1 JOULE: audited 40% of the time, the fine is then 1 JOULE.
+        let q = covered_audit_ppm(Tokens(400_000), Tokens(1_000_000), 10_000);
+        assert_eq!(q, 400_000);
+        assert_eq!(audit_fine(Tokens(400_000), q), Tokens(1_000_000));
+        // Below the bounty itself, or empty: every claim is audited.
+        assert_eq!(
+            covered_audit_ppm(Tokens(400_000), Tokens(300_000), 10_000),
+            PPM
+        );
+        assert_eq!(covered_audit_ppm(Tokens(400_000), Tokens(0), 10_000), PPM);
+        // Never below the base rate.
+        assert_eq!(
+            covered_audit_ppm(Tokens(1), Tokens(u64::MAX), 10_000),
+            10_000
+        );
+    }
 
     #[test]
     fn landauer_one_gib_at_300_kelvin() {

@@ -204,6 +204,27 @@ pub struct Event {
     pub detail: String,
 }
 
+/// `GET /v1/agents/{name}/logs`: an agent's most recent log lines (at most 200 kept; an agent
+/// may send 10 a second, more are dropped and counted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsView {
+    /// The agent.
+    pub name: String,
+    /// Oldest first.
+    pub lines: Vec<LogLine>,
+    /// Lines dropped (over the rate, or the mailbox's bound).
+    pub dropped: u64,
+}
+
+/// One log line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The tick it arrived.
+    pub tick: u64,
+    /// The line (cut to 512 bytes).
+    pub line: String,
+}
+
 /// `GET /v1/stats`: the tick loop's own health.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {

@@ -194,9 +194,9 @@ pub struct ConfigError {
 impl Config {
     /// Reads a file; a key it leaves out keeps its default.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = crate::files::read_text(path, "configuration").map_err(|e| ConfigError {
             path: path.display().to_string(),
-            message: format!("cannot read it: {e}; `maxwell daemon --print-config` prints one"),
+            message: format!("{e}; `maxwell daemon --print-config` prints one"),
         })?;
         Config::parse(&text, &path.display().to_string())
     }

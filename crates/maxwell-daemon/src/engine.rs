@@ -2,7 +2,7 @@
 //! channel of [`Op`]s (applied at the start of the next tick) and reads what it publishes in
 //! [`Shared`]: a snapshot for queries and a broadcast of [`Event`]s.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -31,12 +31,22 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The longest error message the API sends, in bytes.
+const MAX_ERROR: usize = 2_000;
+
 impl ApiError {
     pub(crate) fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
+        let mut message = message.into();
+        // An error never echoes large input (a parser's message can quote a whole module).
+        if message.len() > MAX_ERROR {
+            let mut cut = MAX_ERROR;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" ... (truncated)");
         }
+        ApiError { status, message }
     }
 }
 
@@ -52,7 +62,12 @@ pub enum Op {
     Fund(String, FundRequest, Reply<WalletView>),
     /// Read a wallet.
     Wallet(String, Reply<WalletView>),
+    /// Read an agent's recent log lines.
+    Logs(String, Reply<crate::api::LogsView>),
 }
+
+/// Log lines kept per agent (the most recent).
+pub const LOG_LINES_KEPT: usize = 200;
 
 /// What the tick loop publishes.
 pub struct Shared {
@@ -174,15 +189,8 @@ pub fn spec_of(
             module: wat.into_bytes(),
         }
     } else if let Some(p) = &program.wasm {
-        let module = std::fs::read(p).map_err(|e| {
-            ApiError::new(
-                422,
-                format!(
-                    "cannot read the module {}: {e}; give a path the daemon can read",
-                    p.display()
-                ),
-            )
-        })?;
+        let module = crate::files::read_bounded(p, crate::files::MAX_MODULE, "module")
+            .map_err(|e| ApiError::new(422, format!("{e}; give a path the daemon can read")))?;
         Program::Wasm { module }
     } else if let Some(p) = &program.native {
         Program::Native {
@@ -230,6 +238,26 @@ pub struct Engine {
     audits_passed: std::cell::Cell<u64>,
     late: VecDeque<u64>,
     work: VecDeque<u64>,
+    /// Fundings queued for the next tick, answered once that tick is committed.
+    fundings: Vec<PendingFunding>,
+    /// Each agent's most recent log lines, with the tick they arrived.
+    logs: BTreeMap<AgentId, VecDeque<(u64, String)>>,
+}
+
+/// A funding the loop has accepted and queued: its answer waits for the tick that credits it.
+struct PendingFunding {
+    agent: AgentId,
+    amount: Tokens,
+    /// The wallet's funded total once it is credited (with every funding queued before it in
+    /// the same tick), so that the credit is checked, not assumed.
+    funded_after: Tokens,
+    reply: FundingReply,
+}
+
+/// Who waits for a funding: a `fund` request (the wallet) or a `spawn` with funds (the agent).
+enum FundingReply {
+    Wallet(Reply<WalletView>),
+    Agent(Reply<AgentView>),
 }
 
 impl Engine {
@@ -253,6 +281,44 @@ impl Engine {
             audits_passed: std::cell::Cell::new(0),
             late: VecDeque::new(),
             work: VecDeque::new(),
+            fundings: Vec::new(),
+            logs: BTreeMap::new(),
+        }
+    }
+
+    /// Answers the fundings queued before the tick just committed: credited (the wallet as it
+    /// now is, durably), or refused with why.
+    fn answer_fundings(&mut self) {
+        for f in std::mem::take(&mut self.fundings) {
+            let funded = self
+                .node
+                .market()
+                .stats(f.agent)
+                .map_or(Tokens::ZERO, |s| s.funded);
+            let name = self.roster[f.agent.0 as usize].name.clone();
+            let credited = funded >= f.funded_after;
+            let refused = || {
+                ApiError::new(
+                    409,
+                    format!(
+                        "{name} died before the funding of {} was credited; nothing was \
+                         credited (the nonce stays used)",
+                        f.amount
+                    ),
+                )
+            };
+            let answered = match f.reply {
+                FundingReply::Wallet(reply) => reply
+                    .send(credited.then(|| self.wallet(f.agent)).ok_or_else(refused))
+                    .is_ok(),
+                FundingReply::Agent(reply) => reply
+                    .send(credited.then(|| self.view(f.agent)).ok_or_else(refused))
+                    .is_ok(),
+            };
+            if !answered {
+                // A client that hung up still got its money, if credited: the ledger has it.
+                tracing::debug!(agent = %name, credited, "a funding's client left before its answer");
+            }
         }
     }
 
@@ -329,7 +395,19 @@ impl Engine {
         let tick = self.node.market().tick_count();
         match op {
             Op::Spawn(req, agent, reply) => {
-                let _ = reply.send(self.spawn(&req, agent, tick));
+                match self.spawn(&req, agent, tick) {
+                    // Answered once the tick that credits its opening funds is committed.
+                    Ok((v, funds)) => self.fundings.push(PendingFunding {
+                        agent: AgentId(v.id),
+                        amount: funds,
+                        funded_after: funds,
+                        reply: FundingReply::Agent(reply),
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                return;
             }
             Op::Kill(name, reply) => {
                 let r = self.find(&name).and_then(|id| {
@@ -343,38 +421,39 @@ impl Engine {
                 let _ = reply.send(r);
             }
             Op::Fund(name, req, reply) => {
-                let r = self.find(&name).and_then(|id| {
-                    let rec = &self.roster[id.0 as usize];
-                    crate::sign::check_fund(
-                        &req,
-                        &self.shared.node_key,
-                        &name,
-                        &rec.owner,
-                        rec.nonce,
-                    )
-                    .map_err(|m| ApiError::new(403, m))?;
-                    if matches!(self.node.market().life(id), Some(Life::Dead { .. })) {
-                        return Err(ApiError::new(
-                            409,
-                            format!("{name} is dead; funds would be lost"),
-                        ));
+                match self.accept_funding(&name, &req, tick) {
+                    // Answered after the tick that credits it is committed.
+                    Ok((id, funded_after)) => self.fundings.push(PendingFunding {
+                        agent: id,
+                        amount: req.amount,
+                        funded_after,
+                        reply: FundingReply::Wallet(reply),
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
-                    // The nonce is durable before the money moves: a crash in between loses a
-                    // funding (the owner signs again), never mints twice.
-                    self.roster[id.0 as usize].nonce = req.nonce;
-                    self.save()?;
-                    self.node.fund(id, req.amount);
-                    self.emit(
-                        tick,
-                        "funding",
-                        Some(&name),
-                        format!("{} funded", req.amount),
-                    );
-                    let mut w = self.wallet(id);
-                    w.balance = Tokens(w.balance.0.saturating_add(req.amount.0));
-                    Ok(w)
+                }
+                return;
+            }
+            Op::Logs(name, reply) => {
+                let r = self.find(&name).map(|id| crate::api::LogsView {
+                    name: name.clone(),
+                    lines: self
+                        .logs
+                        .get(&id)
+                        .map(|q| {
+                            q.iter()
+                                .map(|(tick, line)| crate::api::LogLine {
+                                    tick: *tick,
+                                    line: line.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    dropped: self.node.logs_dropped(id),
                 });
                 let _ = reply.send(r);
+                return;
             }
             Op::Wallet(name, reply) => {
                 let _ = reply.send(self.find(&name).map(|id| self.wallet(id)));
@@ -383,6 +462,90 @@ impl Engine {
         }
         // A client that changed something sees the change in its next listing.
         self.refresh_agents();
+    }
+
+    /// Checks a funding (signature, nonce, amount against what the books can hold, the
+    /// agent's life), makes its nonce durable and queues it for the next tick. Returns the
+    /// agent and the funded total the wallet must reach once it is credited.
+    fn accept_funding(
+        &mut self,
+        name: &str,
+        req: &FundRequest,
+        tick: u64,
+    ) -> Result<(AgentId, Tokens), ApiError> {
+        let id = self.find(name)?;
+        let rec = &self.roster[id.0 as usize];
+        crate::sign::check_fund(req, &self.shared.node_key, name, &rec.owner, rec.nonce)
+            .map_err(|m| ApiError::new(403, m))?;
+        if req.amount == Tokens::ZERO {
+            return Err(ApiError::new(
+                400,
+                "amount must be at least 1 micro-JOULE (e.g. \"10 JOULE\")",
+            ));
+        }
+        let queued: u64 = self.fundings.iter().map(|f| f.amount.0).sum();
+        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        if req.amount > room {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "amount {} is more than the books can still mint ({room}: all the money \
+                     there may ever be is {}, what the ledger's 64-bit columns hold exactly); \
+                     fund less",
+                    req.amount,
+                    maxwell_core::ledger::MAX_SUPPLY
+                ),
+            ));
+        }
+        match self.node.market().life(id) {
+            Some(Life::Alive) => {}
+            Some(Life::Dying { cause, .. }) => {
+                return Err(ApiError::new(
+                    409,
+                    format!(
+                        "{name} is dying ({cause}) and cannot be revived: funds would be lost. \
+                         Spawn a new agent and fund it"
+                    ),
+                ));
+            }
+            _ => {
+                return Err(ApiError::new(
+                    409,
+                    format!("{name} is dead; funds would be lost"),
+                ));
+            }
+        }
+        // The nonce is durable before the money moves: a crash in between loses a funding
+        // (the owner signs again), never mints twice.
+        self.roster[id.0 as usize].nonce = req.nonce;
+        self.save()?;
+        let before = self
+            .node
+            .market()
+            .stats(id)
+            .map_or(Tokens::ZERO, |s| s.funded);
+        let queued_here: u64 = self
+            .fundings
+            .iter()
+            .filter(|f| f.agent == id)
+            .map(|f| f.amount.0)
+            .sum();
+        self.node.fund(id, req.amount);
+        self.emit(
+            tick,
+            "funding",
+            Some(name),
+            format!("{} funded", req.amount),
+        );
+        Ok((
+            id,
+            Tokens(
+                before
+                    .0
+                    .saturating_add(queued_here)
+                    .saturating_add(req.amount.0),
+            ),
+        ))
     }
 
     fn refresh_agents(&self) {
@@ -399,7 +562,7 @@ impl Engine {
         req: &SpawnRequest,
         mut agent: Box<dyn Agent>,
         tick: u64,
-    ) -> Result<AgentView, ApiError> {
+    ) -> Result<(AgentView, Tokens), ApiError> {
         let r = self.admit(req);
         match r {
             Ok((funds, max_bid, opening)) => {
@@ -411,9 +574,7 @@ impl Engine {
                             Some(&req.name),
                             format!("{} agent funded with {funds}", self.backend),
                         );
-                        let mut v = self.view(got);
-                        v.balance = funds;
-                        Ok(v)
+                        Ok((self.view(got), funds))
                     }
                     Err(e) => {
                         self.roster.pop();
@@ -472,6 +633,32 @@ impl Engine {
             }
             None => (Tokens::ZERO, 0),
         };
+        // An agent below one slot's energy is insolvent at its first tick: refused here, so
+        // that no unfunded agent lingers (each costs a thread or a process).
+        let cfg = self.node.market().config();
+        let floor = cfg.grid_price.cost(cfg.slot_power.over(cfg.quantum));
+        if funds < floor {
+            return Err(ApiError::new(
+                422,
+                format!(
+                    "{:?} would have {funds}, less than one slot's energy ({floor}), and die at \
+                     its first tick; fund it in the same request (e.g. --fund \"10 JOULE\")",
+                    req.name
+                ),
+            ));
+        }
+        let queued: u64 = self.fundings.iter().map(|f| f.amount.0).sum();
+        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        if funds > room {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "opening funds {funds} are more than the books can still mint ({room}; all \
+                     the money there may ever be is {}); fund less",
+                    maxwell_core::ledger::MAX_SUPPLY
+                ),
+            ));
+        }
         // Saved before the market admits it, so ids in the ledger always have a record.
         self.roster.push(Record {
             name: req.name.clone(),
@@ -607,8 +794,22 @@ impl Engine {
                 }
             }
             let report = self.node.tick(due.now)?;
+            // The tick is committed: its fundings are credited (or refused), durably.
+            self.answer_fundings();
             for d in &report.deaths {
                 tracing::info!(agent = %d.name, cause = %d.cause, tick = d.tick, "apoptosis");
+            }
+            for (id, line) in &report.logs {
+                let name = self
+                    .roster
+                    .get(id.0 as usize)
+                    .map_or("?", |r| r.name.as_str());
+                tracing::info!(agent = %name, line = %line, "agent log");
+                let q = self.logs.entry(*id).or_default();
+                if q.len() >= LOG_LINES_KEPT {
+                    q.pop_front();
+                }
+                q.push_back((report.tick, line.clone()));
             }
             for (id, what) in &report.sandbox_errors {
                 let name = self

@@ -12,7 +12,9 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod engine;
+pub mod files;
 mod metrics;
 pub mod sign;
 
@@ -106,18 +108,20 @@ async fn spawn_agent(
     req: Result<Json<SpawnRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<api::AgentView>), ApiError> {
     let req = body(req)?;
-    let spec = engine::spec_of(
-        &req.name,
-        &req.program,
-        req.memory_max.unwrap_or(app.config.agents.memory_max),
-        app.config.agents.pids_max,
-    )?;
-    // Compiling a module takes a while: never on the tick thread.
+    // Reading a module (bounded, regular files only) and compiling it take a while: never on
+    // the API's workers, never on the tick thread.
     let sandbox = app.sandbox.clone();
-    let agent = tokio::task::spawn_blocking(move || sandbox.spawn(&spec))
-        .await
-        .map_err(|e| ApiError::new(500, format!("spawning: {e}")))?
-        .map_err(|e| ApiError::new(422, format!("cannot start {}: {e}", req.name)))?;
+    let (name, program) = (req.name.clone(), req.program.clone());
+    let memory_max = req.memory_max.unwrap_or(app.config.agents.memory_max);
+    let pids_max = app.config.agents.pids_max;
+    let agent = tokio::task::spawn_blocking(move || {
+        let spec = engine::spec_of(&name, &program, memory_max, pids_max)?;
+        sandbox
+            .spawn(&spec)
+            .map_err(|e| ApiError::new(422, format!("cannot start {name}: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("spawning: {e}")))??;
     let v = app.ask(|tx| Op::Spawn(Box::new(req), agent, tx)).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -152,6 +156,13 @@ async fn wallet(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<api::WalletView>, ApiError> {
     Ok(Json(app.ask(|tx| Op::Wallet(name, tx)).await?))
+}
+
+async fn logs(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<api::LogsView>, ApiError> {
+    Ok(Json(app.ask(|tx| Op::Logs(name, tx)).await?))
 }
 
 async fn agents(State(app): State<App>) -> Json<Vec<api::AgentView>> {
@@ -223,7 +234,13 @@ async fn prometheus(State(app): State<App>) -> Response {
         .lock()
         .map(|g| g.clone())
         .unwrap_or_default();
-    match metrics::render(&m, &a) {
+    let st = app
+        .shared
+        .stats
+        .lock()
+        .map(|g| g.clone())
+        .unwrap_or_default();
+    match metrics::render(&m, &a, &st) {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -249,6 +266,7 @@ fn router(app: App) -> Router {
         .route("/v1/market", get(market))
         .route("/v1/agents", get(agents).post(spawn_agent))
         .route("/v1/agents/{name}", axum::routing::delete(kill_agent))
+        .route("/v1/agents/{name}/logs", get(logs))
         .route("/v1/wallets/{name}", get(wallet))
         .route("/v1/wallets/{name}/fund", post(fund))
         .route("/v1/events", get(events))
@@ -334,6 +352,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let data = opts.data_dir.clone();
     std::fs::create_dir_all(&data)
         .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", data.display()))?;
+    // Only the daemon's user may enter it: keys, ledger and roster are never reachable by
+    // agents (native agents run as other, unprivileged users).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot make the data directory {} private (mode 0700): {e}",
+                data.display()
+            )
+        })?;
+    }
     let config = opts.config.clone();
     let socket = socket_path(&data, &config);
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -477,6 +506,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     router(app.clone()).layer(axum::middleware::from_fn_with_state(token, bearer));
                 let s2 = shared.clone();
                 Some(tokio::spawn(async move {
+                    let l = conn::Guarded::new(l, conn::MAX_CONNECTIONS, conn::IDLE_TIMEOUT);
                     axum::serve(l, r)
                         .with_graceful_shutdown(wait_stop(s2))
                         .await
@@ -485,6 +515,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!("API on {}", socket.display());
+        let listener = conn::Guarded::new(listener, conn::MAX_CONNECTIONS, conn::IDLE_TIMEOUT);
         let serve = axum::serve(listener, router(app)).with_graceful_shutdown(stop);
         // A client that keeps its connection open cannot hold the daemon up: three seconds
         // after the stop, the server is dropped with whatever is still open.

@@ -5,7 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::{AgentView, MarketView};
+use crate::api::{AgentView, MarketView, Stats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLabel {
@@ -26,9 +26,49 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: f64) {
     r.register(name, help, g);
 }
 
-/// Renders the market and the agents.
-pub fn render(m: &MarketView, agents: &[AgentView]) -> Result<String, std::fmt::Error> {
+/// Renders the market, the agents and the tick loop's health.
+pub fn render(
+    m: &MarketView,
+    agents: &[AgentView],
+    stats: &Stats,
+) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("maxwell");
+    gauge(
+        &mut r,
+        "tick_late_p99_seconds",
+        "99th percentile of tick start lateness over the last 1,000 ticks",
+        stats.late_p99_us as f64 / 1e6,
+    );
+    gauge(
+        &mut r,
+        "tick_late_max_seconds",
+        "Worst tick start lateness over the last 1,000 ticks",
+        stats.late_max_us as f64 / 1e6,
+    );
+    gauge(
+        &mut r,
+        "tick_work_p99_seconds",
+        "99th percentile of one tick's work over the last 1,000 ticks",
+        stats.work_p99_us as f64 / 1e6,
+    );
+    gauge(
+        &mut r,
+        "ticks_skipped",
+        "Ticks skipped since start because a tick overran by more than a quantum (a stall)",
+        stats.skipped as f64,
+    );
+    gauge(
+        &mut r,
+        "ticks_late_over_2ms",
+        "Ticks since start that began more than 2 ms late",
+        stats.late_over_ms[1] as f64,
+    );
+    gauge(
+        &mut r,
+        "audit_backlog",
+        "Audits asked for and not answered yet",
+        stats.audit_backlog as f64,
+    );
     gauge(
         &mut r,
         "price_joules",

@@ -218,6 +218,51 @@ pub struct Ledger {
     last_tick: Option<u64>,
     books: Books,
     deaths: BTreeMap<AgentId, (u64, Cause)>,
+    history: BTreeMap<AgentId, History>,
+}
+
+/// An agent's money history as the ledger records it, summed over every committed tick (what
+/// a restarted market needs so that a wallet's funded, bounties and spending survive).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Funding received.
+    pub funded: Tokens,
+    /// Bounties received.
+    pub bounties: Tokens,
+    /// Slot payments made.
+    pub slots: Tokens,
+    /// Slot payments made, counted: the quanta it won (every winner pays).
+    pub quanta_won: u64,
+    /// Rent paid.
+    pub rent: Tokens,
+    /// Landauer tax paid.
+    pub landauer: Tokens,
+    /// Fines paid.
+    pub fines: Tokens,
+}
+
+impl History {
+    fn add(&mut self, t: &Transfer, agent: AgentId) {
+        let add = |x: &mut Tokens| *x = Tokens(x.0.saturating_add(t.amount.0));
+        if t.to == Account::Agent(agent) {
+            match t.kind {
+                TransferKind::Funding => add(&mut self.funded),
+                TransferKind::Bounty => add(&mut self.bounties),
+                _ => {}
+            }
+        } else {
+            match t.kind {
+                TransferKind::SlotPayment => {
+                    add(&mut self.slots);
+                    self.quanta_won += 1;
+                }
+                TransferKind::Rent => add(&mut self.rent),
+                TransferKind::LandauerTax => add(&mut self.landauer),
+                TransferKind::Fine => add(&mut self.fines),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
@@ -278,7 +323,7 @@ impl Ledger {
                 bad.problem
             )));
         }
-        let (books, head, last_tick, deaths) = replay(&conn, db)?;
+        let (books, head, last_tick, deaths, history) = replay(&conn, db)?;
         Ok(Ledger {
             path: db.to_owned(),
             conn,
@@ -287,6 +332,7 @@ impl Ledger {
             last_tick,
             books,
             deaths,
+            history,
         })
     }
 
@@ -303,6 +349,11 @@ impl Ledger {
     /// Every agent the ledger records as dead: tick and cause.
     pub fn deaths(&self) -> &BTreeMap<AgentId, (u64, Cause)> {
         &self.deaths
+    }
+
+    /// Each agent's money history as committed when the ledger was opened.
+    pub fn history(&self) -> &BTreeMap<AgentId, History> {
+        &self.history
     }
 
     /// Every range of work recorded with [`Ledger::commit_with_work`], as `(agent, start,
@@ -473,11 +524,13 @@ type Replayed = (
     [u8; 32],
     Option<u64>,
     BTreeMap<AgentId, (u64, Cause)>,
+    BTreeMap<AgentId, History>,
 );
 
 fn replay(conn: &Connection, db: &Path) -> Result<Replayed, LedgerError> {
     let mut books = Books::default();
     let mut deaths = BTreeMap::new();
+    let mut history: BTreeMap<AgentId, History> = BTreeMap::new();
     let mut stmt = conn
         .prepare("SELECT batch, hash, tick FROM ticks ORDER BY tick")
         .map_err(sql(db))?;
@@ -493,6 +546,11 @@ fn replay(conn: &Connection, db: &Path) -> Result<Replayed, LedgerError> {
         for t in &batch.transfers {
             apply(&mut books, t)
                 .map_err(|m| LedgerError::Incompatible(format!("tick {tick}: {m}")))?;
+            for a in [t.from, t.to] {
+                if let Account::Agent(id) = a {
+                    history.entry(id).or_default().add(t, id);
+                }
+            }
         }
         for d in batch.deaths {
             deaths.insert(d.agent, (tick as u64, d.cause));
@@ -500,7 +558,7 @@ fn replay(conn: &Connection, db: &Path) -> Result<Replayed, LedgerError> {
         head = hash.as_slice().try_into().unwrap_or([0; 32]);
         last = Some(tick as u64);
     }
-    Ok((books, head, last, deaths))
+    Ok((books, head, last, deaths, history))
 }
 
 /// Verifies the ledger at `db`: chain, signatures, conservation, stored balances. Opens the

@@ -6,6 +6,8 @@
 //! when the bounty is paid. Verdicts come back in the order the audits were asked for (one
 //! worker, one queue); the queue's length is reported so that a backlog is seen.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 
@@ -18,6 +20,9 @@ pub struct Auditor {
     from_worker: Receiver<Verdict>,
     worker: Option<JoinHandle<()>>,
     queued: usize,
+    /// Set when the node goes away: the worker drops its backlog instead of working it off
+    /// (a stop must not wait for queued recomputations).
+    stop: Arc<AtomicBool>,
 }
 
 /// Why the auditor stopped.
@@ -30,6 +35,8 @@ impl Auditor {
     pub fn start() -> std::io::Result<Auditor> {
         let (to_worker, requests) = channel::<(ClaimId, PrimeClaim)>();
         let (verdicts, from_worker) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let worker = std::thread::Builder::new()
             .name("maxwell-audit".into())
             .spawn(move || {
@@ -40,6 +47,9 @@ impl Auditor {
                     eprintln!("maxwell: could not lower the audit thread's priority: {e}");
                 }
                 for (claim, c) in requests {
+                    if stopping.load(Ordering::Acquire) {
+                        return;
+                    }
                     let passed = verify(&c);
                     if verdicts.send(Verdict { claim, passed }).is_err() {
                         return;
@@ -51,6 +61,7 @@ impl Auditor {
             from_worker,
             worker: Some(worker),
             queued: 0,
+            stop,
         })
     }
 
@@ -91,7 +102,9 @@ impl Auditor {
 
 impl Drop for Auditor {
     fn drop(&mut self) {
-        // Closing the queue ends the worker after the audit in hand.
+        // The worker ends after the audit in hand; the unanswered ones die with the node (their
+        // bounties stay held, as after any crash before a verdict).
+        self.stop.store(true, Ordering::Release);
         self.to_worker = None;
         if let Some(w) = self.worker.take()
             && w.join().is_err()

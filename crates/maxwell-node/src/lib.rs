@@ -111,7 +111,17 @@ struct Slot {
     /// Quanta it had won when its words were last drained: the income the market has paid it
     /// covers exactly those (its claims are paid the tick they are drained).
     quanta_drained: u64,
+    /// Log lines it may still send in this period of [`LOG_PERIOD_TICKS`].
+    log_budget: u32,
+    /// Log lines dropped: over its budget, or by its mailbox's bound.
+    logs_dropped: u64,
 }
+
+/// Log lines an agent may send per [`LOG_PERIOD_TICKS`] (10 a second at 10 ms ticks); more are
+/// dropped and counted.
+pub const LOG_LINES_PER_PERIOD: u32 = 10;
+/// The period of the log budget, in ticks.
+pub const LOG_PERIOD_TICKS: u64 = 100;
 
 /// How often a frozen agent's usage and status are read anyway (exits while frozen, such as a
 /// process killed from outside, are noticed within this many ticks).
@@ -167,6 +177,8 @@ pub struct TickReport {
     pub refused: Vec<String>,
     /// Claims accepted this tick (not duplicates), by agent.
     pub claims: Vec<(AgentId, PrimeClaim)>,
+    /// Log lines agents sent, within their budget (each cut to 512 bytes by the sandbox).
+    pub logs: Vec<(AgentId, String)>,
 }
 
 /// The tick loop's state.
@@ -263,6 +275,8 @@ impl Node {
                 exit_reported: false,
                 frozen_for: 0,
                 quanta_drained: 0,
+                log_budget: LOG_LINES_PER_PERIOD,
+                logs_dropped: 0,
             },
         );
         Ok(id)
@@ -281,19 +295,41 @@ impl Node {
         roster: &[(Option<AgentSpec>, Tokens, Tokens)],
     ) -> Result<Node, NodeError> {
         let max_bids: Vec<Tokens> = roster.iter().map(|r| r.1).collect();
+        let ranges = ledger.work_ranges()?;
+        // Each wallet's history (funded, bounties, spending, quanta, work claimed) survives a
+        // restart with its balance.
+        let mut history: BTreeMap<AgentId, maxwell_core::AgentStats> = ledger
+            .history()
+            .iter()
+            .map(|(&id, h)| {
+                let stats = maxwell_core::AgentStats {
+                    funded: h.funded,
+                    bounties: h.bounties,
+                    quanta_won: h.quanta_won,
+                    spent: maxwell_core::market::Spending {
+                        slots: h.slots,
+                        rent: h.rent,
+                        landauer: h.landauer,
+                        fines: h.fines,
+                    },
+                    ..maxwell_core::AgentStats::default()
+                };
+                (id, stats)
+            })
+            .collect();
+        for &(id, start, end) in &ranges {
+            let s = history.entry(id).or_default();
+            s.work_claimed = s.work_claimed.saturating_add(units(start, end));
+        }
         let market = Market::restore(
             config,
             ledger.books().clone(),
             &max_bids,
             ledger.deaths(),
+            &history,
             ledger.last_tick().unwrap_or(0),
         )?;
-        let after = ledger
-            .work_ranges()?
-            .iter()
-            .map(|&(_, _, end)| end)
-            .max()
-            .unwrap_or(0);
+        let after = ranges.iter().map(|&(_, _, end)| end).max().unwrap_or(0);
         let mut node = Node::new(market.config().clone(), physics, sandbox, Some(ledger))?;
         node.market = market;
         node.work = Dispenser::resuming_after(after);
@@ -318,6 +354,8 @@ impl Node {
                     exit_reported: false,
                     frozen_for: 0,
                     quanta_drained: 0,
+                    log_budget: LOG_LINES_PER_PERIOD,
+                    logs_dropped: 0,
                 },
             );
         }
@@ -373,6 +411,12 @@ impl Node {
         self.ledger.as_ref()
     }
 
+    /// Log lines an agent sent that were dropped (over its budget of
+    /// [`LOG_LINES_PER_PERIOD`], or by its mailbox's bound).
+    pub fn logs_dropped(&self, agent: AgentId) -> u64 {
+        self.slots.get(&agent).map_or(0, |s| s.logs_dropped)
+    }
+
     /// One tick at time `now` (monotone; the first call only starts the clock's count).
     pub fn tick(&mut self, now: Nanos) -> Result<TickReport, NodeError> {
         let dt = Nanos(
@@ -398,10 +442,15 @@ impl Node {
         let mut refused_claims = 0u32;
         let mut accepted = Vec::new();
         let mut sandbox_errors = Vec::new();
+        let mut logs = Vec::new();
         let tick_no = self.market.tick_count() + 1;
+        let new_log_period = tick_no.is_multiple_of(LOG_PERIOD_TICKS);
         for (&id, slot) in &mut self.slots {
             if slot.killed {
                 continue;
+            }
+            if new_log_period {
+                slot.log_budget = LOG_LINES_PER_PERIOD;
             }
             if slot.frozen_for >= 2 && !(tick_no + u64::from(id.0)).is_multiple_of(FROZEN_POLL) {
                 continue;
@@ -412,7 +461,8 @@ impl Node {
                 Ok(u) => usage.push(maxwell_core::Usage {
                     agent: id,
                     cpu: u.cpu,
-                    resident: u.resident,
+                    // Every agent pays rent on at least the floor: none lives for free.
+                    resident: u.resident.max(maxwell_core::defaults::RENT_FLOOR),
                     erased: u.erased,
                 }),
                 Err(e) => sandbox_errors.push((id, format!("usage: {e}"))),
@@ -444,7 +494,15 @@ impl Node {
                             units: units(c.start, c.end),
                         });
                     }
-                    Message::Log(_) | Message::Dropped(_) => {}
+                    Message::Log(line) => {
+                        if slot.log_budget > 0 {
+                            slot.log_budget -= 1;
+                            logs.push((id, line));
+                        } else {
+                            slot.logs_dropped += 1;
+                        }
+                    }
+                    Message::Dropped(n) => slot.logs_dropped += n,
                     Message::Violation(what) => self.commands.push(Command::Kill {
                         agent: id,
                         cause: Cause::Limit { what },
@@ -616,6 +674,7 @@ impl Node {
                 .map(|(what, why)| format!("{what}: {why:?}"))
                 .collect(),
             claims: accepted,
+            logs,
         })
     }
 

@@ -356,7 +356,8 @@ pub(crate) fn run_traced(scenario: &Scenario, seed: u64) -> (Summary, Trace) {
                 } else {
                     0
                 }),
-                resident: a.memory,
+                // As the node bills it: at least the rent floor.
+                resident: a.memory.max(maxwell_core::defaults::RENT_FLOOR),
                 erased: if ran { a.churn } else { maxwell_core::Bytes(0) },
             });
             if !ran {

@@ -190,9 +190,7 @@ struct Entry {
 /// Reads and checks a manifest. Every error names the file, the line where it can tell, and
 /// what to write instead. Relative paths are relative to the manifest's directory.
 pub(super) fn load(path: &Path) -> anyhow::Result<Vec<Planned>> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the manifest {shown}: {e}"))?;
+    let text = maxwell_daemon::files::read_text(path, "manifest").map_err(anyhow::Error::msg)?;
     parse(&text, path)
 }
 
@@ -280,6 +278,21 @@ fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Planned>> {
             origin,
         });
     }
+    // Every wallet, the bounty pool and the oracle's wallets must fit the books (all the money
+    // there may ever be), checked before any arm starts.
+    let total = out
+        .iter()
+        .try_fold(maxwell_node::defaults::BOUNTY_POOL.0, |t, p| {
+            t.checked_add(p.funds.0)
+        })
+        .filter(|t| *t <= maxwell_core::ledger::MAX_SUPPLY.0);
+    if total.is_none() {
+        anyhow::bail!(
+            "manifest {shown}: the agents' funds and the bounty pool add up to more than the \
+             books can hold ({}); fund less\n{HINT}",
+            maxwell_core::ledger::MAX_SUPPLY
+        );
+    }
     if !out.iter().any(|p| p.useful) {
         anyhow::bail!(
             "manifest {shown}: no agent has useful = true; the oracle arm runs only those\n{HINT}"
@@ -326,9 +339,12 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
                 .to_vec(),
             },
             (Backend::Wasm, Source::Wasm(path)) => Program::Wasm {
-                module: std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("{}: agent {:?}: {}: {e}", p.origin, p.name, path.display())
-                })?,
+                module: maxwell_daemon::files::read_bounded(
+                    path,
+                    maxwell_daemon::files::MAX_MODULE,
+                    "module",
+                )
+                .map_err(|e| anyhow::anyhow!("{}: agent {:?}: {e}", p.origin, p.name))?,
             },
             (Backend::Wasm, Source::Native { .. }) => anyhow::bail!(
                 "{}: agent {:?} is a native program, which the wasm backend cannot run; use \

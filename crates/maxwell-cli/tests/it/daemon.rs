@@ -185,9 +185,39 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
     let (status, body) = d.http("GET", "/v1/nothing", "");
     assert_eq!(status, 404, "{body}");
 
-    // A signed funding with the owner's key works.
+    // A signed funding with the owner's key works, and its answer means it is credited.
+    let wallet = |d: &Daemon| -> Value {
+        let (status, body) = d.http("GET", "/v1/wallets/sci", "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let funded = wallet(&d)["funded"].as_u64().unwrap();
     let o = d.cli(&["wallet", "fund", "sci", "1 JOULE"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(wallet(&d)["funded"].as_u64().unwrap(), funded + 1_000_000);
+
+    // Money the books cannot hold exactly, and nothing at all, are refused with the limit
+    // before anything is queued; nothing is credited and the daemon goes on.
+    for (amount, want) in [
+        ("9300000000000 JOULE", "more than the books can still mint"),
+        ("0 JOULE", "at least 1 micro-JOULE"),
+    ] {
+        let o = d.cli(&["wallet", "fund", "sci", amount]);
+        assert_eq!(o.status.code(), Some(1), "{amount}");
+        assert!(
+            stderr(&o).contains("400") && stderr(&o).contains(want),
+            "{amount}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(wallet(&d)["funded"].as_u64().unwrap(), funded + 1_000_000);
+    // An agent that could not pay for one slot is refused at spawn.
+    let o = d.cli(&["agents", "spawn", "poor", "--builtin", "scientist"]);
+    assert!(
+        stderr(&o).contains("422") && stderr(&o).contains("one slot's energy"),
+        "{}",
+        stderr(&o)
+    );
 
     // The leech dies (apoptosis) and the event stream reports it; the scientist works.
     wait_for("the leech's death", || {
@@ -203,6 +233,18 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
     wait_for("the scientist's work", || {
         agent(&d.agents(), "sci")["work"].as_u64().unwrap() > 0
     });
+    // Its log line is kept, as the protocol says.
+    let (status, body) = d.http("GET", "/v1/agents/sci/logs", "");
+    assert_eq!(status, 200, "{body}");
+    let logs: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"].as_str().unwrap().contains("scientist")),
+        "{logs}"
+    );
 
     // Market state and per-agent metrics.
     let o = d.cli(&["market", "--json"]);
@@ -235,10 +277,15 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
     assert!(!dir2.join("maxwell.sock").exists());
     crate::assert_ledger_verifies(&dir2.join("ledger.db"));
 
-    // A restart resumes wallets and deaths from the ledger.
+    // A restart resumes wallets, their history and deaths from the ledger.
+    let funded_before = funded + 1_000_000;
     let d = Daemon::start(&dir2);
     let list = d.agents();
     assert_eq!(agent(&list, "leech")["state"], "dead");
+    let w = wallet(&d);
+    assert_eq!(w["funded"].as_u64().unwrap(), funded_before, "{w}");
+    assert!(w["bounties"].as_u64().unwrap() > 0, "{w}");
+    assert!(w["spent"]["slots"].as_u64().unwrap() > 0, "{w}");
     let after = agent(&list, "sci")["balance"].as_u64().unwrap();
     // The scientist traded between our reading and the stop; it cannot have been created or
     // destroyed money: the balance at restart is within what a few ticks can move.

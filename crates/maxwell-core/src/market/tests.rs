@@ -247,23 +247,32 @@ fn failed_audit_fines_bounty_over_q_and_puts_the_agent_on_probation() {
 }
 
 #[test]
-fn a_claim_must_be_covered_by_its_fine() {
-    let mut m = market(); // q = 1%: the fine is 100 bounties
-    let (a, mut commands) = admit_funded(&mut m, 39_999_999, 0);
-    commands.push(Command::FundBountyPool {
-        amount: Tokens(1_000_000_000),
-    });
-    let out = m.tick(TickInput {
+fn a_poor_agent_may_claim_and_is_audited_more_often() {
+    let mut m = market(); // q = 1%: at that rate the fine is 100 bounties
+    // 0.4 JOULE: ten units (0.04 JOULE of bounty) would risk a 4 JOULE fine at q = 1%, which
+    // this wallet cannot pay; it is audited at about 10% instead, where its fine fits.
+    // The bounty pool is empty, so the wallet stays at 0.4 JOULE through the tick.
+    let (a, commands) = admit_funded(&mut m, 400_000, 0);
+    m.tick(TickInput {
         commands,
-        claims: vec![Claim {
-            id: ClaimId(1),
-            agent: a,
-            units: 100, // 0.4 JOULE of bounty risks a 40 JOULE fine
-        }],
         ..cool(1)
     });
-    assert_eq!(out.refused[0].1, Refusal::Uncovered(40_000_000));
-    assert_eq!(m.balance(a), Some(Tokens(39_999_999)));
+    let claims: Vec<Claim> = (0..200)
+        .map(|i| Claim {
+            id: ClaimId(i),
+            agent: a,
+            units: 10,
+        })
+        .collect();
+    let out = m.tick(TickInput { claims, ..cool(2) });
+    assert!(out.refused.is_empty(), "{:?}", out.refused);
+    assert_eq!(m.stats(a).unwrap().work_claimed, 2_000);
+    // About 20 of 200 are audited (at the base 1%, about 2 would be).
+    assert!(
+        (5..=60).contains(&out.audits.len()),
+        "{} audits",
+        out.audits.len()
+    );
 }
 
 #[test]
@@ -526,15 +535,20 @@ fn a_restored_market_keeps_wallets_deaths_and_the_tick_count() {
     }
     assert!(matches!(m.life(b), Some(Life::Dead { .. })));
     let dead: BTreeMap<AgentId, (u64, Cause)> = [(b, (3, Cause::Owner))].into_iter().collect();
+    let history: BTreeMap<AgentId, AgentStats> = [(a, *m.stats(a).unwrap())].into_iter().collect();
     let mut r = Market::restore(
         m.config().clone(),
         m.books.clone(),
         &[Tokens(1), Tokens(1), Tokens(9)],
         &dead,
+        &history,
         m.tick_count(),
     )
     .unwrap();
     assert_eq!(r.balance(a), m.balance(a));
+    // The wallet's history survives, not only its balance.
+    assert_eq!(r.stats(a), m.stats(a));
+    assert!(r.stats(a).unwrap().funded > Tokens::ZERO);
     assert_eq!(r.balance(b), m.balance(b));
     assert_eq!(r.n_agents(), 3);
     assert_eq!(r.balance(AgentId(2)), Some(Tokens(0)));

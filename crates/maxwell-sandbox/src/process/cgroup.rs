@@ -14,6 +14,10 @@
 //! | cpu      | `cpu.stat` `usage_usec`       | `cpuacct.usage`                          |
 //! | memory   | `memory.current`, `memory.max`| `memory.usage_in_bytes`, `memory.limit_in_bytes` |
 //! | pids     | `pids.max`                    | `pids.max`                               |
+//! | one CPU  | `cpu.max`                     | `cpu.cfs_quota_us` / `cpu.cfs_period_us` |
+//!
+//! The CPU limit (a slot is one CPU, however many processes the agent runs) is used wherever
+//! the `cpu` controller is available; without it the backend still runs and says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -171,7 +175,7 @@ pub(crate) struct Layout {
 }
 
 /// The v1 controllers the backend can use.
-pub(crate) const V1_CONTROLLERS: [&str; 4] = ["freezer", "cpuacct", "memory", "pids"];
+pub(crate) const V1_CONTROLLERS: [&str; 5] = ["freezer", "cpuacct", "cpu", "memory", "pids"];
 
 /// Joins mountinfo and `/proc/self/cgroup` into the daemon's directories.
 pub(crate) fn layout(mountinfo: &str, proc_cgroup: &str) -> Layout {
@@ -390,6 +394,10 @@ pub(crate) fn reap_orphans(own: &Path) -> Vec<String> {
             continue;
         }
         let parent = e.path();
+        // The daemon's watchdog froze the whole parent when the daemon died: thaw it, or the
+        // kills below would wait (a v1-frozen task takes SIGKILL only once thawed).
+        let _ = fs::write(parent.join("freezer.state"), "THAWED");
+        let _ = fs::write(parent.join("cgroup.freeze"), "0");
         let agents: Vec<PathBuf> = fs::read_dir(&parent)
             .into_iter()
             .flatten()
@@ -439,7 +447,13 @@ pub(crate) struct AgentCgroups {
     pub plan: Plan,
     pub v2: Option<PathBuf>,
     pub v1: BTreeMap<&'static str, PathBuf>,
+    /// Where the one-CPU limit is set, if anywhere.
+    pub cpu_limit: Option<Via>,
 }
+
+/// The CPU bandwidth of one slot: one CPU's worth of every period (10 ms, the daemon's
+/// quantum, so a many-process agent cannot burst past one CPU within a slot either).
+pub(crate) const CPU_PERIOD_US: u64 = 10_000;
 
 impl AgentCgroups {
     /// The directories of an agent named `name` under the given parents.
@@ -463,7 +477,13 @@ impl AgentCgroups {
             }
         }
         dirs.extend(freezer);
-        AgentCgroups { dirs, plan, v2, v1 }
+        AgentCgroups {
+            dirs,
+            plan,
+            v2,
+            v1,
+            cpu_limit: None,
+        }
     }
 
     fn dir(&self, via: Via, v1_controller: &str) -> Result<&Path, SandboxError> {
@@ -526,6 +546,18 @@ impl AgentCgroups {
             &self.dir(self.plan.pids, "pids")?.join("pids.max"),
             &pids_max.to_string(),
         )?;
+        match self.cpu_limit {
+            Some(Via::V2) => write(
+                &self.dir(Via::V2, "cpu")?.join("cpu.max"),
+                &format!("{CPU_PERIOD_US} {CPU_PERIOD_US}"),
+            )?,
+            Some(Via::V1) => {
+                let d = self.dir(Via::V1, "cpu")?;
+                write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&d.join("cpu.cfs_quota_us"), &CPU_PERIOD_US.to_string())?;
+            }
+            None => {}
+        }
         self.freeze()
     }
 

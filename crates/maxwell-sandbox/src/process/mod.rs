@@ -17,6 +17,20 @@
 //! `MAXWELL_AGENT` (its name) in an otherwise empty environment (plus `PATH`); stdin and stdout
 //! are `/dev/null`.
 //!
+//! Agents run without privilege: after joining its cgroups (as root, which it must be to write
+//! their `cgroup.procs`), the trampoline execs the program through `setpriv` (util-linux) as
+//! the agent's own uid and gid (one per agent, from a range no account uses), with no
+//! supplementary groups, no capabilities (bounding and inheritable sets cleared) and
+//! `no_new_privs`. So an agent cannot read the daemon's data directory (mode 0700) or keys,
+//! write outside its own home directory (`<runtime>/<name>.home`, mode 0700, and world-writable
+//! places such as `/tmp`), move itself or its children out of its cgroups (their files are
+//! root's), or signal the daemon or another agent. Each agent's CPU is limited to one CPU per
+//! 10 ms (`cpu.max`, or v1 `cpu.cfs_quota_us`) where the `cpu` controller is available: a slot
+//! is one CPU, whatever the number of processes. A watchdog process (`/bin/sh`, the daemon's
+//! child) freezes every agent the moment the daemon dies without cleaning up (SIGKILL, a
+//! crash), so none runs unsupervised; the next start reaps them, and removes the runtime
+//! directories that dead daemons left in the temporary directory.
+//!
 //! [`ProcessAgent::kill`] is apoptosis: SIGTERM to every process, thaw, a grace period of
 //! [`GRACE`], then `cgroup.kill` (or freeze, SIGKILL each process, thaw), reap, remove the
 //! cgroups and the socket. Dropping an agent kills it the same way.
@@ -33,8 +47,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -61,6 +75,17 @@ pub const GRACE: Duration = Duration::from_millis(200);
 /// The shell that runs the trampoline.
 const SHELL: &str = "/bin/sh";
 
+/// Where `setpriv` (util-linux) may be.
+const SETPRIV: [&str; 3] = ["/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv"];
+
+/// The first uid of a daemon's agents: uids from 0xE000_0000 up, 4,096 per daemon (by its pid),
+/// far above any account's (Debian's dynamic and container ranges end below 2^31).
+const AGENT_UID_BASE: u32 = 0xE000_0000;
+
+/// Waits for the daemon (`$1`) to die, then writes each value into each file (`$2 $3`, `$4 $5`,
+/// ...): the parents' freezers, so that no agent runs unsupervised.
+const WATCHDOG: &str = r#"p=$1; shift; while kill -0 "$p" 2>/dev/null; do sleep 0.2; done; while [ "$#" -gt 1 ]; do { echo "$2" > "$1"; } 2>/dev/null; shift 2; done"#;
+
 /// Joins each cgroup named before `--` (writing `$$` into its `cgroup.procs`), then execs the
 /// program after `--`.
 const TRAMPOLINE: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
@@ -85,10 +110,23 @@ struct Host {
     inherit_stderr: bool,
     seq: AtomicU64,
     reaped: Vec<String>,
+    /// Where the one-CPU-per-slot limit is set (`None`: no `cpu` controller here).
+    cpu_limit: Option<Via>,
+    setpriv: PathBuf,
+    uid_base: u32,
+    uids: AtomicU32,
+    watchdog: Mutex<Option<Child>>,
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // A clean exit: the watchdog is not needed (and must not freeze a successor's agents).
+        if let Ok(mut w) = self.watchdog.lock()
+            && let Some(mut c) = w.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for p in self.acquired.iter().rev() {
             cgroup::release_parent(p);
         }
@@ -119,7 +157,7 @@ fn words(path: &Path) -> BTreeSet<String> {
 }
 
 /// The controllers the backend wants enabled for its children on cgroup2.
-const V2_CONTROLLERS: [&str; 2] = ["memory", "pids"];
+const V2_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
 /// Enables `memory` and `pids` (where offered) in `own/cgroup.subtree_control`. If the
 /// no-internal-process rule forbids it (`own` holds processes and is not the real root; in a
@@ -136,8 +174,16 @@ fn enable_v2_controllers(own: &Path) {
     if missing.is_empty() {
         return;
     }
-    let request: String = missing.iter().map(|c| format!("+{c} ")).collect();
-    if fs::write(&control, request.trim_end()).is_ok() {
+    // One controller at a time: one the host cannot enable (cpu, with real-time tasks about)
+    // must not keep the others off.
+    let enable_each = || {
+        let mut all = true;
+        for c in &missing {
+            all &= fs::write(&control, format!("+{c}")).is_ok();
+        }
+        all
+    };
+    if enable_each() {
         return;
     }
     let leaf = own.join("maxwell-supervisor");
@@ -147,7 +193,7 @@ fn enable_v2_controllers(own: &Path) {
     for pid in cgroup::procs(own) {
         let _ = fs::write(leaf.join("cgroup.procs"), pid.to_string());
     }
-    let _ = fs::write(&control, request.trim_end());
+    enable_each();
 }
 
 impl ProcessSandbox {
@@ -169,6 +215,16 @@ impl ProcessSandbox {
         let read = |p: &str| {
             fs::read_to_string(p).map_err(|e| unavailable(format!("cannot read {p}: {e}")))
         };
+        let setpriv = SETPRIV
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                unavailable(
+                    "the process backend runs agents unprivileged through setpriv, which is \
+                     missing (install util-linux)",
+                )
+            })?;
         let layout = cgroup::layout(&read("/proc/self/mountinfo")?, &read("/proc/self/cgroup")?);
         let parent_name = format!("maxwell-{}", std::process::id());
         let mut host = Host {
@@ -186,6 +242,11 @@ impl ProcessSandbox {
             inherit_stderr: config.inherit_stderr,
             seq: AtomicU64::new(0),
             reaped: Vec::new(),
+            cpu_limit: None,
+            setpriv,
+            uid_base: AGENT_UID_BASE + ((std::process::id() & 0xFFFF) << 12),
+            uids: AtomicU32::new(0),
+            watchdog: Mutex::new(None),
         };
         // What a predecessor killed without cleaning up left behind goes first.
         for (own, _) in layout.v2.iter().chain(layout.v1.values()) {
@@ -195,6 +256,7 @@ impl ProcessSandbox {
         // cgroup2: enable what we can, create the parent and see what it offers.
         let mut v2_note = String::new();
         let mut caps = None;
+        let mut v2_cpu_max = false;
         if let Some((own, _)) = &layout.v2 {
             enable_v2_controllers(own);
             let parent = own.join(&parent_name);
@@ -207,6 +269,7 @@ impl ProcessSandbox {
                         let _ = fs::write(&control, format!("+{c}"));
                     }
                     let enabled = words(&control);
+                    v2_cpu_max = enabled.contains("cpu");
                     caps = Some(V2Caps {
                         freeze: parent.join("cgroup.freeze").exists(),
                         kill: parent.join("cgroup.kill").exists(),
@@ -237,14 +300,26 @@ impl ProcessSandbox {
             ))
         })?;
         host.plan = plan;
-        let uses_v2 = [plan.freeze, plan.cpu, plan.memory, plan.pids].contains(&Via::V2);
+        host.cpu_limit = match (v2_cpu_max, layout.v1.contains_key("cpu"), config.prefer_v1) {
+            (true, false, _) | (true, true, false) => Some(Via::V2),
+            (_, true, _) => Some(Via::V1),
+            (false, false, _) => None,
+        };
+        let uses_v2 = [plan.freeze, plan.cpu, plan.memory, plan.pids].contains(&Via::V2)
+            || host.cpu_limit == Some(Via::V2);
         if !uses_v2 && let Some(p) = host.v2_parent.take() {
             host.acquired.retain(|a| *a != p);
             cgroup::release_parent(&p);
         }
+        let cpu_v1 = if host.cpu_limit == Some(Via::V1) {
+            Via::V1
+        } else {
+            Via::V2
+        };
         for (via, ctl) in [
             (plan.freeze, "freezer"),
             (plan.cpu, "cpuacct"),
+            (cpu_v1, "cpu"),
             (plan.memory, "memory"),
             (plan.pids, "pids"),
         ] {
@@ -261,7 +336,13 @@ impl ProcessSandbox {
             }
             host.v1_parents.insert(ctl, parent);
         }
+        host.reaped.extend(reap_runtime_dirs());
         host.runtime = Some(runtime_dir()?);
+        *host
+            .watchdog
+            .lock()
+            .map_err(|_| unavailable("the watchdog's lock is poisoned"))? =
+            Some(start_watchdog(&host)?);
         Ok(ProcessSandbox {
             host: Arc::new(host),
         })
@@ -296,7 +377,7 @@ impl ProcessSandbox {
             ),
         };
         format!(
-            "freeze: {}; kill: {}; cpu: {}; memory: {}; pids: {}",
+            "freeze: {}; kill: {}; cpu: {}; memory: {}; pids: {}; one CPU per slot: {}; agents run as uids {} and up, unprivileged",
             at(h.plan.freeze, "freezer"),
             match h.plan.kill {
                 Via::V2 => "cgroup.kill".to_string(),
@@ -305,6 +386,13 @@ impl ProcessSandbox {
             at(h.plan.cpu, "cpuacct"),
             at(h.plan.memory, "memory"),
             at(h.plan.pids, "pids"),
+            match h.cpu_limit {
+                Some(via) => at(via, "cpu"),
+                None => "NOT LIMITED (no cpu controller here: an agent with many processes can \
+                         use more than one CPU per slot)"
+                    .to_string(),
+            },
+            h.uid_base,
         )
     }
 
@@ -351,17 +439,27 @@ impl ProcessSandbox {
             socket = runtime.join(format!("{}.sock", host.seq.fetch_add(1, Ordering::Relaxed)));
         }
 
-        let cg = AgentCgroups::new(
+        let mut cg = AgentCgroups::new(
             host.plan,
             host.v2_parent.as_deref(),
             &host.v1_parents,
             &spec.name,
         );
+        cg.cpu_limit = host.cpu_limit;
         cg.create(spec.limits.memory_max.0, spec.limits.pids_max)?;
+        let uid = host.uid_base + (host.uids.fetch_add(1, Ordering::Relaxed) & 0xFFF);
+        let home = socket.with_extension("home");
         let mailbox = Arc::new(Mailbox::default());
-        let endpoint = match wire::Endpoint::start(&socket, &spec.name, mailbox.clone()) {
+        let started = private_home(&home, uid).and_then(|()| {
+            let e = wire::Endpoint::start(&socket, &spec.name, mailbox.clone())?;
+            // Only the agent's uid may connect to its socket.
+            hand_over(e.path(), uid, 0o600)?;
+            Ok(e)
+        });
+        let endpoint = match started {
             Ok(e) => e,
             Err(e) => {
+                let _ = fs::remove_dir_all(&home);
                 let _ = cg.remove();
                 return Err(e);
             }
@@ -369,7 +467,16 @@ impl ProcessSandbox {
         let mut cmd = Command::new(SHELL);
         cmd.arg("-c").arg(TRAMPOLINE).arg("maxwell-join");
         cmd.args(cg.procs_files());
-        cmd.arg("--").arg(path).args(args);
+        cmd.arg("--").arg(&host.setpriv).args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "--nnp".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--".into(),
+        ]);
+        cmd.arg(path).args(args);
         cmd.env_clear()
             .env(
                 "PATH",
@@ -377,7 +484,9 @@ impl ProcessSandbox {
             )
             .env(SOCKET_ENV, endpoint.path())
             .env(AGENT_ENV, &spec.name)
-            .current_dir("/")
+            .env("HOME", &home)
+            .env("TMPDIR", &home)
+            .current_dir(&home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if host.inherit_stderr {
@@ -389,6 +498,7 @@ impl ProcessSandbox {
             Ok(c) => c,
             Err(e) => {
                 drop(endpoint);
+                let _ = fs::remove_dir_all(&home);
                 let _ = cg.remove();
                 return Err(SandboxError::io(
                     format!("starting {SHELL} for {}", spec.name),
@@ -399,6 +509,8 @@ impl ProcessSandbox {
         Ok(ProcessAgent {
             name: spec.name.clone(),
             memory_max: spec.limits.memory_max.0,
+            uid,
+            home,
             cg,
             endpoint,
             mailbox,
@@ -413,6 +525,100 @@ impl ProcessSandbox {
     }
 }
 
+/// Creates `dir` (mode 0700) and gives it to `uid`.
+fn private_home(dir: &Path, uid: u32) -> Result<(), SandboxError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| SandboxError::io(format!("creating the agent's home {}", dir.display()), e))?;
+    hand_over(dir, uid, 0o700)
+}
+
+/// Gives `path` to `uid` (and the gid of the same number) with `mode`.
+fn hand_over(path: &Path, uid: u32, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    )
+    .map_err(|e| {
+        SandboxError::io(
+            format!("giving {} to uid {uid}", path.display()),
+            std::io::Error::from(e),
+        )
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| SandboxError::io(format!("setting the mode of {}", path.display()), e))
+}
+
+/// Starts the watchdog: when this process dies without cleaning up, it freezes every agent
+/// (the parents' freezers freeze the whole subtree).
+fn start_watchdog(host: &Host) -> Result<Child, SandboxError> {
+    let mut cmd = Command::new(SHELL);
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("maxwell-watchdog")
+        .arg(std::process::id().to_string());
+    match host.plan.freeze {
+        Via::V2 => {
+            if let Some(p) = &host.v2_parent {
+                cmd.arg(p.join("cgroup.freeze")).arg("1");
+            }
+        }
+        Via::V1 => {
+            if let Some(p) = host.v1_parents.get("freezer") {
+                cmd.arg(p.join("freezer.state")).arg("FROZEN");
+            }
+        }
+    }
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| SandboxError::io("starting the watchdog", e))
+}
+
+/// Removes the runtime directories (`<tmp>/maxwell-<pid>-*`) of Maxwell processes that are
+/// gone; one line each.
+fn reap_runtime_dirs() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("maxwell-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Only directories of the runtime's shape (`maxwell-<pid>-<n>-<hex>`), only root's.
+        let Ok(meta) = e.metadata() else { continue };
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir()
+            || meta.uid() != 0
+            || name.split('-').count() != 4
+            || pid == std::process::id()
+            || Path::new(&format!("/proc/{pid}")).exists()
+        {
+            continue;
+        }
+        if fs::remove_dir_all(e.path()).is_ok() {
+            out.push(format!(
+                "{}: a dead daemon's runtime directory, removed",
+                e.path().display()
+            ));
+        }
+    }
+    out
+}
+
 fn runtime_dir() -> Result<PathBuf, SandboxError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
@@ -423,7 +629,8 @@ fn runtime_dir() -> Result<PathBuf, SandboxError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("maxwell-{}-{n}-{nanos:x}", std::process::id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        // 0711: agents (other uids) may reach their own socket and home inside, not list it.
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) => last = Some(e),
         }
@@ -449,6 +656,8 @@ impl Sandbox for ProcessSandbox {
 pub struct ProcessAgent {
     name: String,
     memory_max: u64,
+    uid: u32,
+    home: PathBuf,
     cg: AgentCgroups,
     endpoint: wire::Endpoint,
     mailbox: Arc<Mailbox>,
@@ -480,6 +689,16 @@ impl ProcessAgent {
     /// The agent's socket.
     pub fn socket(&self) -> &Path {
         self.endpoint.path()
+    }
+
+    /// The unprivileged uid (and gid) the agent's processes run as.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The agent's home directory (its working directory, the only one it owns).
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     fn exited_error(&self) -> SandboxError {
@@ -525,6 +744,11 @@ impl ProcessAgent {
         let mut exit = exit;
         if let Err(e) = self.cg.remove() {
             let _ = write!(exit.detail, "; {e}");
+        }
+        if let Err(e) = fs::remove_dir_all(&self.home)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            let _ = write!(exit.detail, "; removing {}: {e}", self.home.display());
         }
         self.residual = Some(Usage {
             cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
