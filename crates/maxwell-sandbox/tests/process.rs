@@ -789,11 +789,12 @@ fn when_the_daemon_dies_its_agents_are_frozen_not_left_running() {
         }
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("READY"))
+    // The harness may print its own words before ours on the same line.
+    let pid: i32 = text
+        .split_once("READY ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("helper said: {text}"));
-    let pid: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     out.kill().unwrap();
     out.wait().unwrap();
     // Within a second the agent is frozen: its state in /proc says so, or (v1) it stops
