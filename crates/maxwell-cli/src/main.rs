@@ -163,6 +163,8 @@ enum BenchCommand {
     Pause(sandbox_bench::PauseBenchArgs),
     /// The scientist module unmetered, with epoch interruption and with fuel, in one run.
     WasmOverhead(sandbox_bench::OverheadBenchArgs),
+    /// What a unit of work costs the built-in scientist at 10^9 to 10^12 (bounties pay the same).
+    Work(sandbox_bench::WorkBenchArgs),
     /// Durable ledger throughput: transfers per second committed in tick transactions.
     Ledger(ledger::LedgerBenchArgs),
     /// The daemon's CPU, tick lateness and memory with 100 idle WASM agents.
@@ -207,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Sensors(a)) => sensors::bench(&a),
         Command::Bench(BenchCommand::Pause(a)) => sandbox_bench::pause(&a),
         Command::Bench(BenchCommand::WasmOverhead(a)) => sandbox_bench::wasm_overhead(&a),
+        Command::Bench(BenchCommand::Work(a)) => sandbox_bench::work(&a),
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
         Command::Soak(a) => soak::run(&a),

@@ -262,6 +262,16 @@ struct OverheadTargets {
 }
 
 fn run_to_end(config: WasmConfig, module: &str, ranges: u64) -> anyhow::Result<(f64, usize)> {
+    run_from(config, module, ranges, maxwell_core::work::FIRST)
+}
+
+/// Runs the scientist over `ranges` leases from the first one at or after `at`.
+fn run_from(
+    config: WasmConfig,
+    module: &str,
+    ranges: u64,
+    at: u64,
+) -> anyhow::Result<(f64, usize)> {
     let sandbox = WasmSandbox::with_config(config)?;
     let mut a = sandbox.spawn(&AgentSpec {
         name: "bench-scientist".into(),
@@ -272,7 +282,7 @@ fn run_to_end(config: WasmConfig, module: &str, ranges: u64) -> anyhow::Result<(
     })?;
     a.inform(Tokens(1_000_000), Tokens(0));
     // Every range leased up front, as the node leases them, so the run never waits for work.
-    let mut work = maxwell_core::work::Dispenser::default();
+    let mut work = maxwell_core::work::Dispenser::resuming_after(at);
     a.mailbox().give_work((0..ranges).map(|_| work.lease(0)));
     let t = Instant::now();
     a.resume()?;
@@ -375,4 +385,143 @@ pub(crate) fn wasm_overhead(args: &OverheadBenchArgs) -> anyhow::Result<Exit> {
         ))?;
     }
     Ok(if met { Exit::Success } else { Exit::Failed })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkBenchArgs {
+    /// Leases the scientist sieves at each position.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..))]
+    ranges: u64,
+    /// Runs at each position (interleaved; the fastest counts).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
+    /// Positions to measure at (first lease at or after each), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = WORK_POSITIONS)]
+    at: Vec<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkPoint {
+    at: u64,
+    ns_per_unit: f64,
+    vs_first: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkReport {
+    module: &'static str,
+    ranges: u64,
+    repeats: u32,
+    points: Vec<WorkPoint>,
+    max_vs_first: f64,
+    target_max_vs_first: f64,
+    met: bool,
+}
+
+/// Where the bench measures: the dispenser's first lease, then ten, a hundred and a thousand
+/// times further (a day of two busy cores reaches about 10^14).
+const WORK_POSITIONS: [u64; 4] = [
+    maxwell_core::work::FIRST,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+];
+
+/// `maxwell bench work`: what one unit of work costs the built-in scientist wherever it lies,
+/// since bounties pay the same per unit everywhere.
+pub(crate) fn work(args: &WorkBenchArgs) -> anyhow::Result<Exit> {
+    if args.at.is_empty() {
+        anyhow::bail!(
+            "--at names no position; give one or more as integers, e.g. --at 1000000000,1000000000000"
+        );
+    }
+    let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let module = maxwell_agents::scientist_bounded(args.ranges);
+    let mut best = vec![f64::INFINITY; args.at.len()];
+    for round in 0..args.repeats {
+        for (i, &at) in args.at.iter().enumerate() {
+            if progress {
+                eprint!("\rround {} / {}: at {at:.0e}   ", round + 1, args.repeats);
+            }
+            let (secs, claims) = run_from(WasmConfig::default(), &module, args.ranges, at)?;
+            if claims as u64 != args.ranges {
+                anyhow::bail!("at {at}: {claims} claims for {} ranges", args.ranges);
+            }
+            best[i] = best[i].min(secs);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let points: Vec<WorkPoint> = args
+        .at
+        .iter()
+        .zip(best.iter().copied())
+        .map(|(&at, s)| {
+            // The units the ledger credits for exactly the leases this run sieved.
+            let mut d = maxwell_core::work::Dispenser::resuming_after(at);
+            let units: u64 = (0..args.ranges)
+                .map(|_| {
+                    let (start, end) = d.lease(0);
+                    maxwell_core::work::units(start, end)
+                })
+                .sum();
+            WorkPoint {
+                at,
+                ns_per_unit: s * 1e9 / units.max(1) as f64,
+                vs_first: 0.0,
+            }
+        })
+        .collect();
+    let first = points.first().map_or(1.0, |p| p.ns_per_unit);
+    let points: Vec<WorkPoint> = points
+        .into_iter()
+        .map(|p| WorkPoint {
+            vs_first: p.ns_per_unit / first,
+            ..p
+        })
+        .collect();
+    let max_vs_first = points
+        .iter()
+        .map(|p| (p.vs_first - 1.0).abs())
+        .fold(0.0, f64::max)
+        + 1.0;
+    let target = 1.10;
+    let r = WorkReport {
+        module: "scientist (agents/wasm/scientist.wat)",
+        ranges: args.ranges,
+        repeats: args.repeats,
+        points,
+        max_vs_first,
+        target_max_vs_first: target,
+        met: max_vs_first <= target,
+    };
+    if args.json {
+        write_out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
+    } else {
+        let mut out = format!(
+            "scientist module, {} leases of {} numbers at each position, fastest of {} \
+             interleaved runs\n",
+            r.ranges,
+            maxwell_core::work::RANGE,
+            r.repeats
+        );
+        for p in &r.points {
+            out += &format!(
+                "  at {:>16}: {:>9.0} ns per unit of work ({:.2}x the first)\n",
+                p.at, p.ns_per_unit, p.vs_first
+            );
+        }
+        out += &format!(
+            "(a unit is {} numbers near the first lease, fewer further out: work::cost_ppm)\n\
+             target: a unit costs within {target:.2}x of the first wherever it lies: {}\n",
+            maxwell_core::work::UNIT,
+            if r.met { "met" } else { "NOT MET" }
+        );
+        write_out(&out)?;
+    }
+    Ok(if r.met { Exit::Success } else { Exit::Failed })
 }

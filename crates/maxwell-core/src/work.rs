@@ -25,8 +25,11 @@ pub struct PrimeClaim {
 /// check.
 pub const MAX_CLAIM_SPAN: u64 = 1 << 24;
 
-/// Numbers in one unit of work: bounties are paid per unit, so a number sieved is worth the same
-/// wherever it lies (a bounty per prime paid less and less as primes thin out).
+/// Numbers in one unit of work near [`FIRST`]. Further out a number costs more to sieve (more
+/// base primes to cross off with), so a unit there holds fewer numbers: a unit is a fixed amount
+/// of sieve work, a gas, and bounties paid per unit pay the same for the same work wherever it
+/// lies (see [`cost_ppm`]). A bounty per prime paid less and less as primes thin out; a bounty per
+/// number paid less and less per CPU-second as the scientists climbed.
 pub const UNIT: u64 = 1024;
 
 /// Numbers in one lease of work, the range a scientist sieves and claims at a time.
@@ -38,9 +41,85 @@ pub const FIRST: u64 = 1_000_000_000;
 /// Leases one agent may hold unclaimed; handing out one more forfeits its oldest.
 pub const MAX_LEASES: usize = 64;
 
-/// Units of work in `[start, end)`.
+/// What sieving a number near `n` costs, relative to a number near [`FIRST`], in parts per
+/// million: the built-in scientist's (`agents/wasm/scientist.wat`) measured cost curve, per
+/// number, fastest of five runs of 600 leases at each point (`maxwell bench work` measures it and
+/// checks that a unit then costs the same everywhere). The cost grows with the number of base
+/// primes below sqrt(n), each crossed off with once per lease (a division, a few marks);
+/// past 2^40 the scientist's table of base primes ends and it walks every odd base number, so
+/// beyond the last point the cost is extrapolated as sqrt(n).
+pub const COST_CURVE: [(u64, u64); 12] = [
+    (1_000_000_000, 1_000_000),
+    (3_000_000_000, 1_030_000),
+    (10_000_000_000, 1_090_000),
+    (30_000_000_000, 1_170_000),
+    (100_000_000_000, 1_330_000),
+    (300_000_000_000, 1_670_000),
+    (600_000_000_000, 2_060_000),
+    (1_100_000_000_000, 2_320_000),
+    (1_500_000_000_000, 3_070_000),
+    (2_000_000_000_000, 4_140_000),
+    (3_000_000_000_000, 5_460_000),
+    (10_000_000_000_000, 12_400_000),
+];
+
+/// log2(x) in 1/256ths, the mantissa taken as linear: exact at powers of two, monotone, integer.
+fn log2_q8(x: u64) -> u64 {
+    let x = x.max(1);
+    let e = x.ilog2();
+    let frac = if e >= 8 {
+        (x >> (e - 8)) & 0xFF
+    } else {
+        (x << (8 - e)) & 0xFF
+    };
+    u64::from(e) * 256 + frac
+}
+
+/// The cost of sieving a number near `n`, relative to one near [`FIRST`], in ppm
+/// ([`COST_CURVE`] interpolated in log2(n); flat below the first point, as sqrt(n) past the last).
+pub fn cost_ppm(n: u64) -> u64 {
+    let (first, last) = (COST_CURVE[0], COST_CURVE[COST_CURVE.len() - 1]);
+    if n <= first.0 {
+        return first.1;
+    }
+    if n > last.0 {
+        // sqrt(n / last) in 1/1024ths.
+        let r = (u128::from(n) << 20) / u128::from(last.0);
+        let root = isqrt_u128(r);
+        return u64::try_from(u128::from(last.1) * root / 1024).unwrap_or(u64::MAX);
+    }
+    let x = log2_q8(n);
+    for w in COST_CURVE.windows(2) {
+        let ((a, ca), (b, cb)) = (w[0], w[1]);
+        if n <= b {
+            let (xa, xb) = (log2_q8(a), log2_q8(b));
+            if xb <= xa {
+                return cb;
+            }
+            let t = x.clamp(xa, xb) - xa;
+            return ca + (cb.saturating_sub(ca)) * t / (xb - xa);
+        }
+    }
+    last.1
+}
+
+fn isqrt_u128(n: u128) -> u128 {
+    let mut r = (n as f64).sqrt() as u128;
+    while r * r > n {
+        r -= 1;
+    }
+    while (r + 1) * (r + 1) <= n {
+        r += 1;
+    }
+    r
+}
+
+/// Units of work in `[start, end)`: its numbers, weighted by what they cost to sieve there
+/// ([`cost_ppm`] at `end`), in units of [`UNIT`] numbers near [`FIRST`].
 pub fn units(start: u64, end: u64) -> u64 {
-    end.saturating_sub(start) / UNIT
+    let numbers = u128::from(end.saturating_sub(start));
+    let weighted = numbers * u128::from(cost_ppm(end)) / (u128::from(UNIT) * 1_000_000);
+    u64::try_from(weighted).unwrap_or(u64::MAX)
 }
 
 /// Why a claim was not accepted as useful work.
@@ -239,6 +318,31 @@ mod tests {
         }
         assert_eq!(d.outstanding(), MAX_LEASES);
         assert!(d.redeem(7, first.0, first.1).is_err());
+    }
+
+    #[test]
+    fn a_unit_is_a_fixed_amount_of_work_wherever_it_lies() {
+        // A lease near the first one is 256 units; further out the same numbers are worth more.
+        assert_eq!(units(FIRST, FIRST + RANGE), RANGE / UNIT);
+        assert_eq!(units(0, RANGE), RANGE / UNIT);
+        let at = |n: u64| units(n - RANGE, n);
+        assert_eq!(at(100_000_000_000), 340);
+        // The curve's points, and monotone between and beyond them.
+        for (n, c) in COST_CURVE {
+            assert_eq!(cost_ppm(n), c, "at {n}");
+        }
+        let mut prev = 0;
+        let mut n = FIRST / 2;
+        while n < u64::MAX / 2 {
+            let c = cost_ppm(n);
+            assert!(c >= prev, "cost falls at {n}: {c} < {prev}");
+            prev = c;
+            n += n / 7;
+        }
+        // Past the curve as sqrt(n): four times as far, twice the cost.
+        assert_eq!(cost_ppm(40_000_000_000_000), 2 * 12_400_000);
+        // Never overflows.
+        assert!(units(0, u64::MAX) > 0);
     }
 
     #[test]

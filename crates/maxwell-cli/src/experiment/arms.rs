@@ -39,13 +39,16 @@ pub(super) struct Arm {
     pub energy_j: f64,
     /// Numbers covered by verified claims.
     pub numbers_sieved: u64,
+    /// Units of work in verified claims (`work::units`: numbers weighted by what they cost to
+    /// sieve where they lie, the measure bounties pay for).
+    pub work_units: u64,
     /// Primes counted by verified claims.
     pub primes: u64,
     /// Claims that recomputed to the same count and digest.
     pub claims_verified: u64,
     /// Claims that did not.
     pub claims_refuted: u64,
-    /// Verified numbers sieved per joule.
+    /// Verified units of work per joule: the headline's measure.
     pub efficiency: f64,
     /// Mean power.
     pub mean_power_w: f64,
@@ -185,19 +188,20 @@ fn finish(
     pb.set_message(format!("verifying {} claims", t.claims.accepted.len()));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = t.claims.accepted.len().div_ceil(cores).max(1);
-    let parts: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+    let parts: Vec<(u64, u64, u64, u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = t
             .claims
             .accepted
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    let mut r = (0, 0, 0, 0);
+                    let mut r = (0, 0, 0, 0, 0);
                     for c in part {
                         if verify(c) {
                             r.0 += c.end - c.start;
                             r.1 += c.count;
                             r.2 += 1;
+                            r.4 += maxwell_core::work::units(c.start, c.end);
                         } else {
                             r.3 += 1;
                         }
@@ -208,15 +212,16 @@ fn finish(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or((0, 0, 0, u64::MAX)))
+            .map(|h| h.join().unwrap_or((0, 0, 0, u64::MAX, 0)))
             .collect()
     });
-    let (mut numbers, mut primes, mut ok, mut bad) = (0, 0, 0, 0u64);
+    let (mut numbers, mut primes, mut ok, mut bad, mut units) = (0, 0, 0, 0u64, 0);
     for p in parts {
         numbers += p.0;
         primes += p.1;
         ok += p.2;
         bad = bad.saturating_add(p.3);
+        units += p.4;
     }
     let energy_j = t.energy as f64 / 1e6;
     let arm = Arm {
@@ -225,11 +230,12 @@ fn finish(
         seconds,
         energy_j,
         numbers_sieved: numbers,
+        work_units: units,
         primes,
         claims_verified: ok,
         claims_refuted: bad,
         efficiency: if energy_j > 0.0 {
-            numbers as f64 / energy_j
+            units as f64 / energy_j
         } else {
             0.0
         },
@@ -250,7 +256,7 @@ fn finish(
         longest_tick_ms: t.longest.as_secs_f64() * 1000.0,
     };
     pb.finish_with_message(format!(
-        "{seconds:.0} s, {} claims verified, {:.0} numbers/J",
+        "{seconds:.0} s, {} claims verified, {:.0} units of work/J",
         arm.claims_verified, arm.efficiency
     ));
     arm

@@ -10,8 +10,10 @@
 //!
 //! Every arm measures energy with the same source (`Physics`: real where the hardware offers
 //! it, modelled otherwise, and labelled) and counts useful work the same way: every accepted
-//! claim is recomputed after the arm, and only verified ranges count. Work is reported as
-//! numbers sieved (prime density varies with magnitude; range width does not) and as primes.
+//! claim is recomputed after the arm, and only verified ranges count. Work is scored in units
+//! (`work::units`: numbers weighted by their measured cost to sieve where they lie; prime
+//! density and the cost per number both vary with magnitude) and reported also as numbers
+//! sieved and as primes.
 //! Agents run under the wasm backend (default) or the process backend (native programs in
 //! cgroups, root only). The roster is the default one or a TOML manifest (`manifest`). With
 //! `--out`, metrics at 1 Hz go to `metrics.csv` (`metrics`) and four SVG plots (`plots`) beside
@@ -187,7 +189,7 @@ struct Summary {
     leeches: u32,
     duration_s: f64,
     runs: u32,
-    /// Verified numbers sieved per joule, per arm, mean over runs.
+    /// Verified units of work per joule, per arm, mean over runs.
     efficiency: BTreeMap<&'static str, f64>,
     /// Mean over runs of each run's ratio.
     ratio_vs_baseline: f64,
@@ -462,12 +464,13 @@ fn headline(s: &Summary) -> String {
         };
         let _ = writeln!(
             text,
-            "{run}{:<9} {:>8.1} J {:>6.1} W (max {:>5.1} C)  {:>14} numbers sieved ({} claims verified, {} refuted)  {:>10.0} numbers/J",
+            "{run}{:<9} {:>8.1} J {:>6.1} W (max {:>5.1} C)  {:>14} numbers sieved, {:>11} units of work ({} claims verified, {} refuted)  {:>9.0} units/J",
             arm.name,
             arm.energy_j,
             arm.mean_power_w,
             arm.max_temperature_c,
             arm.numbers_sieved,
+            arm.work_units,
             arm.claims_verified,
             arm.claims_refuted,
             arm.efficiency
