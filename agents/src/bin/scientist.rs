@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Flow, Host, tuning};
 use maxwell_agent::ValueMeter;
-use maxwell_core::work::sieve;
+use maxwell_core::work::Sieve;
 
 fn main() {
     let ranges = tuning("ranges", u64::MAX);
@@ -19,6 +19,7 @@ fn main() {
     let _ = host.call(|c| c.log("scientist: sieving leased ranges"));
     let mut done = 0u64;
     let mut meter = ValueMeter::default();
+    let mut sieve = Sieve::new();
     while done < ranges {
         let (start, end) = match host.call(|c| c.work()) {
             Flow::Done(Some(r)) => r,
@@ -29,7 +30,7 @@ fn main() {
             }
             Flow::Closed => return,
         };
-        let claim = sieve(start, end);
+        let claim = sieve.sieve(start, end);
         if let Flow::Closed = host.call(|c| c.claim(claim)) {
             return;
         }

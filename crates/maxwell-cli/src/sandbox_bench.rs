@@ -408,6 +408,10 @@ struct WorkPoint {
     at: u64,
     ns_per_unit: f64,
     vs_first: f64,
+    /// Native recomputation of one lease (an audit), base primes computed afresh.
+    audit_us_fresh: f64,
+    /// The same with a kept `work::Sieve`, as the audit worker and the experiment do.
+    audit_us_kept: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -429,6 +433,34 @@ const WORK_POSITIONS: [u64; 4] = [
     100_000_000_000,
     1_000_000_000_000,
 ];
+
+/// Microseconds to recompute one lease natively at `at`: with fresh base primes per lease,
+/// and with one kept `Sieve` (both over the same `n` leases, the faster of two passes each).
+fn audit_cost(at: u64, n: u64) -> anyhow::Result<(f64, f64)> {
+    let mut d = maxwell_core::work::Dispenser::resuming_after(at);
+    let claims: Vec<_> = (0..n)
+        .map(|_| {
+            let (s, e) = d.lease(0);
+            maxwell_core::work::sieve(s, e)
+        })
+        .collect();
+    let time = |f: &mut dyn FnMut(&maxwell_core::work::PrimeClaim) -> bool| {
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let t = Instant::now();
+            let ok = claims.iter().filter(|c| f(c)).count();
+            best = best.min(t.elapsed().as_secs_f64());
+            if ok != claims.len() {
+                anyhow::bail!("at {at}: an honest claim failed its recomputation");
+            }
+        }
+        Ok(best * 1e6 / claims.len().max(1) as f64)
+    };
+    let fresh = time(&mut |c| maxwell_core::work::verify(c))?;
+    let mut sieve = maxwell_core::work::Sieve::new();
+    let kept = time(&mut |c| sieve.verify(c))?;
+    Ok((fresh, kept))
+}
 
 /// `maxwell bench work`: what one unit of work costs the built-in scientist wherever it lies,
 /// since bounties pay the same per unit everywhere.
@@ -469,13 +501,16 @@ pub(crate) fn work(args: &WorkBenchArgs) -> anyhow::Result<Exit> {
                     maxwell_core::work::units(start, end)
                 })
                 .sum();
-            WorkPoint {
+            let (fresh, kept) = audit_cost(at, args.ranges.min(200))?;
+            Ok(WorkPoint {
                 at,
                 ns_per_unit: s * 1e9 / units.max(1) as f64,
                 vs_first: 0.0,
-            }
+                audit_us_fresh: fresh,
+                audit_us_kept: kept,
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let first = points.first().map_or(1.0, |p| p.ns_per_unit);
     let points: Vec<WorkPoint> = points
         .into_iter()
@@ -511,8 +546,9 @@ pub(crate) fn work(args: &WorkBenchArgs) -> anyhow::Result<Exit> {
         );
         for p in &r.points {
             out += &format!(
-                "  at {:>16}: {:>9.0} ns per unit of work ({:.2}x the first)\n",
-                p.at, p.ns_per_unit, p.vs_first
+                "  at {:>16}: {:>9.0} ns per unit of work ({:.2}x the first); an audit of one \
+                 lease {:.0} us ({:.0} us with fresh base primes)\n",
+                p.at, p.ns_per_unit, p.vs_first, p.audit_us_kept, p.audit_us_fresh
             );
         }
         out += &format!(

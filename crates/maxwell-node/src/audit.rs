@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 
-use maxwell_core::work::{PrimeClaim, verify};
+use maxwell_core::work::{PrimeClaim, Sieve};
 use maxwell_core::{ClaimId, Verdict};
 
 /// The audit worker and its queues.
@@ -46,11 +46,12 @@ impl Auditor {
                 {
                     eprintln!("maxwell: could not lower the audit thread's priority: {e}");
                 }
+                let mut sieve = Sieve::new();
                 for (claim, c) in requests {
                     if stopping.load(Ordering::Acquire) {
                         return;
                     }
-                    let passed = verify(&c);
+                    let passed = sieve.verify(&c);
                     if verdicts.send(Verdict { claim, passed }).is_err() {
                         return;
                     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use maxwell_core::work::{Dispenser, PrimeClaim, verify};
+use maxwell_core::work::{Dispenser, PrimeClaim};
 use maxwell_core::{AgentId, Life, MarketConfig, Nanos, Tokens};
 use maxwell_node::pacer::Pacer;
 use maxwell_node::{LEASE_AHEAD, Node, defaults};
@@ -196,8 +196,9 @@ fn finish(
             .map(|part| {
                 s.spawn(move || {
                     let mut r = (0, 0, 0, 0, 0);
+                    let mut sieve = maxwell_core::work::Sieve::new();
                     for c in part {
-                        if verify(c) {
+                        if sieve.verify(c) {
                             r.0 += c.end - c.start;
                             r.1 += c.count;
                             r.2 += 1;
