@@ -488,7 +488,7 @@ pub(crate) fn work(args: &WorkBenchArgs) -> anyhow::Result<Exit> {
     if progress {
         eprintln!();
     }
-    let points: Vec<WorkPoint> = args
+    let mut points: Vec<WorkPoint> = args
         .at
         .iter()
         .zip(best.iter().copied())
@@ -512,13 +512,9 @@ pub(crate) fn work(args: &WorkBenchArgs) -> anyhow::Result<Exit> {
         })
         .collect::<anyhow::Result<_>>()?;
     let first = points.first().map_or(1.0, |p| p.ns_per_unit);
-    let points: Vec<WorkPoint> = points
-        .into_iter()
-        .map(|p| WorkPoint {
-            vs_first: p.ns_per_unit / first,
-            ..p
-        })
-        .collect();
+    for p in &mut points {
+        p.vs_first = p.ns_per_unit / first;
+    }
     let max_vs_first = points
         .iter()
         .map(|p| (p.vs_first - 1.0).abs())

@@ -85,7 +85,7 @@ pub fn cost_ppm(n: u64) -> u64 {
     if n > last.0 {
         // sqrt(n / last) in 1/1024ths.
         let r = (u128::from(n) << 20) / u128::from(last.0);
-        let root = isqrt_u128(r);
+        let root = r.isqrt();
         return u64::try_from(u128::from(last.1) * root / 1024).unwrap_or(u64::MAX);
     }
     let x = log2_q8(n);
@@ -101,17 +101,6 @@ pub fn cost_ppm(n: u64) -> u64 {
         }
     }
     last.1
-}
-
-fn isqrt_u128(n: u128) -> u128 {
-    let mut r = (n as f64).sqrt() as u128;
-    while r * r > n {
-        r -= 1;
-    }
-    while (r + 1) * (r + 1) <= n {
-        r += 1;
-    }
-    r
 }
 
 /// Units of work in `[start, end)`: its numbers, weighted by what they cost to sieve there
@@ -231,17 +220,6 @@ fn base_primes(limit: u64) -> Vec<u64> {
     out
 }
 
-fn isqrt(n: u64) -> u64 {
-    let mut r = (n as f64).sqrt() as u64;
-    while r.saturating_mul(r) > n {
-        r -= 1;
-    }
-    while (r + 1).saturating_mul(r + 1) <= n {
-        r += 1;
-    }
-    r
-}
-
 /// A segmented sieve that keeps its base primes and its buffer between ranges, and marks odd
 /// numbers only. Recomputing the base primes below sqrt(end) for every range was most of an
 /// audit's cost (and of the experiment's verification, which rechecks every claim of an arm):
@@ -293,7 +271,7 @@ impl Sieve {
         // The odd numbers o0, o0 + 2, ... below end; mark i stands for o0 + 2i.
         let o0 = lo | 1;
         if o0 < end {
-            let root = isqrt(end - 1);
+            let root = (end - 1).isqrt();
             self.ensure(root);
             let n = usize::try_from((end - o0).div_ceil(2)).unwrap_or(usize::MAX);
             self.marks.clear();
@@ -386,31 +364,29 @@ mod tests {
     /// The plain segmented sieve over every number, fresh base primes each time: the reference.
     fn reference(start: u64, end: u64) -> PrimeClaim {
         let end = end.min(start.saturating_add(MAX_CLAIM_SPAN));
-        let mut claim = PrimeClaim {
-            start,
-            end,
-            count: 0,
-            digest: 0,
-        };
-        if end <= start || end <= 2 {
-            return claim;
-        }
-        let lo = start.max(2);
-        let mut composite = vec![false; (end - lo) as usize];
-        for p in base_primes(isqrt(end - 1)) {
-            let mut m = (p * p).max(lo.div_ceil(p) * p);
-            while m < end {
-                composite[(m - lo) as usize] = true;
-                m += p;
+        let (lo, mut count, mut digest) = (start.max(2), 0, 0);
+        let mut composite = vec![false; end.saturating_sub(lo) as usize];
+        if end > 2 {
+            for p in base_primes((end - 1).isqrt()) {
+                let mut m = (p * p).max(lo.div_ceil(p) * p);
+                while m < end {
+                    composite[(m - lo) as usize] = true;
+                    m += p;
+                }
             }
         }
         for (i, c) in composite.iter().enumerate() {
             if !c {
-                claim.count += 1;
-                claim.digest = mix(claim.digest, lo + i as u64);
+                count += 1;
+                digest = mix(digest, lo + i as u64);
             }
         }
-        claim
+        PrimeClaim {
+            start,
+            end,
+            count,
+            digest,
+        }
     }
 
     #[test]
