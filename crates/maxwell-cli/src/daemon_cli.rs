@@ -1,4 +1,4 @@
-//! `maxwell daemon` and its clients: `agents`, `wallet`, `market`, `events`.
+//! `maxwell daemon` and its clients: `agents`, `wallet`, `bounty`, `market`, `events`.
 
 use std::path::{Path, PathBuf};
 
@@ -148,6 +148,23 @@ pub(crate) struct FundArgs {
     /// The agent's name.
     name: String,
     /// How much (e.g. "10 JOULE", or an integer in micro-JOULE).
+    amount: Tokens,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BountyCommand {
+    /// Top up the bounty pool, signed with your key (as its sponsor): the money is paid out as
+    /// bounties for verified work, spread over the pool's horizon (`bounty_horizon`).
+    Fund(PoolFundArgs),
+    /// What the pool holds, what a unit of verified work earns now, and the pool's rules.
+    Show(MarketArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PoolFundArgs {
+    /// How much (e.g. "1000 JOULE", or an integer in micro-JOULE).
     amount: Tokens,
     #[command(flatten)]
     client: ClientArgs,
@@ -369,6 +386,66 @@ pub(crate) fn wallet(c: &WalletCommand) -> anyhow::Result<Exit> {
     })
 }
 
+fn pool_text(p: &maxwell_daemon::api::BountyPoolView) -> String {
+    format!(
+        "bounty pool {}; a unit of verified work earns {:.3} uJ now (at most {:.3}); income \
+         recycled: {}; horizon {:.0} s; funded since the daemon started: {}\n",
+        joules(p.balance),
+        p.rate_milli_per_unit as f64 / 1e3,
+        p.cap_per_unit.0 as f64,
+        if p.recycle_income { "yes" } else { "no" },
+        p.horizon_s,
+        joules(p.sponsored),
+    )
+}
+
+/// `maxwell bounty ...`.
+pub(crate) fn bounty(c: &BountyCommand) -> anyhow::Result<Exit> {
+    use maxwell_daemon::api::BountyPoolView;
+    let rt = runtime()?;
+    rt.block_on(async {
+        match c {
+            BountyCommand::Fund(a) => {
+                let client = a.client.client();
+                let key = a.client.key()?;
+                let sponsor = maxwell_daemon::sign::hex(key.verifying_key().as_bytes());
+                let node: NodeInfo = client.call("GET", "/v1/node", None::<&()>).await?;
+                let before: BountyPoolView = client
+                    .call(
+                        "GET",
+                        &format!("/v1/bounty-pool?sponsor={sponsor}"),
+                        None::<&()>,
+                    )
+                    .await?;
+                let nonce = now_us().max(before.nonce + 1);
+                let req =
+                    maxwell_daemon::sign::sign_pool_fund(&key, &node.public_key, a.amount, nonce);
+                let p: BountyPoolView = client
+                    .call("POST", "/v1/bounty-pool/fund", Some(&req))
+                    .await?;
+                write_out(&format!(
+                    "bounty pool: funded {} (credited and committed)\n{}",
+                    joules(a.amount),
+                    pool_text(&p)
+                ))?;
+            }
+            BountyCommand::Show(a) => {
+                let p: BountyPoolView = a
+                    .client
+                    .client()
+                    .call("GET", "/v1/bounty-pool", None::<&()>)
+                    .await?;
+                if a.json {
+                    write_out(&(serde_json::to_string_pretty(&p)? + "\n"))?;
+                } else {
+                    write_out(&pool_text(&p))?;
+                }
+            }
+        }
+        Ok(Exit::Success)
+    })
+}
+
 /// `maxwell market`.
 pub(crate) fn market(a: &MarketArgs) -> anyhow::Result<Exit> {
     let rt = runtime()?;
@@ -379,7 +456,7 @@ pub(crate) fn market(a: &MarketArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Success);
         }
         let mut s = format!(
-            "tick {}  price {}  supply {}/{}  reserve {}  bids {}\n{:.1} C  {:.1} W  {:.1} J so far  ({}{})\nbounty pool {}  agents alive {}\n",
+            "tick {}  price {}  supply {}/{}  reserve {}  bids {}\n{:.1} C  {:.1} W  {:.1} J so far  ({}{})\nbounty pool {} ({:.3} uJ a unit)  agents alive {}\n",
             m.tick,
             joules(m.price),
             m.supply,
@@ -392,6 +469,7 @@ pub(crate) fn market(a: &MarketArgs) -> anyhow::Result<Exit> {
             m.energy_source,
             if m.modelled { ", modelled" } else { "" },
             joules(m.bounty_pool),
+            m.bounty_rate_milli as f64 / 1e3,
             m.alive
         );
         for b in &m.top {

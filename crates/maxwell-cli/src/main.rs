@@ -84,6 +84,9 @@ enum Command {
     /// Fund (signed by the owner's key) and show wallets on a running daemon.
     #[command(subcommand)]
     Wallet(daemon_cli::WalletCommand),
+    /// The bounty pool of a running daemon: show it, or top it up (signed by you, its sponsor).
+    #[command(subcommand)]
+    Bounty(daemon_cli::BountyCommand),
     /// The daemon's market: price, supply, reserve, top of the book, temperature, power.
     Market(daemon_cli::MarketArgs),
     /// The live dashboard: market, heat, wallets, agents and events of a running daemon.
@@ -219,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Daemon(a) => daemon_cli::daemon(&a),
         Command::Agents(c) => daemon_cli::agents(&c),
         Command::Wallet(c) => daemon_cli::wallet(&c),
+        Command::Bounty(c) => daemon_cli::bounty(&c),
         Command::Market(a) => daemon_cli::market(&a),
         Command::Events(a) => daemon_cli::events(&a),
         Command::Top(a) => top::top(&a),

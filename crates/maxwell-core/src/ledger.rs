@@ -28,7 +28,7 @@ pub enum Account {
     HouseLandauer,
     /// Fines for claims that failed an audit.
     HouseSlash,
-    /// Funds for bounties, paid in by the user.
+    /// Funds for bounties: paid in by sponsors, and the house's takings recycled.
     BountyPool,
     /// An agent's wallet.
     Agent(AgentId),
@@ -66,6 +66,9 @@ pub enum TransferKind {
     Bounty,
     /// Fine for a claim that failed its audit.
     Fine,
+    /// A house account's takings returned to the bounty pool
+    /// ([`crate::MarketConfig::recycle_income`]).
+    Recycling,
 }
 
 impl TransferKind {
@@ -79,6 +82,7 @@ impl TransferKind {
             TransferKind::LandauerTax => "Landauer tax",
             TransferKind::Bounty => "bounty",
             TransferKind::Fine => "fine",
+            TransferKind::Recycling => "recycling",
         }
     }
 

@@ -9,7 +9,9 @@
 //!    new claims (choosing which to audit with the seeded RNG);
 //! 4. end the grace period of dying agents whose time is up (apoptosis);
 //! 5. price: the PID controller turns temperature into a power budget, hence supply and reserve;
-//! 6. clear the auction; winners pay the uniform price for the coming quantum;
+//! 6. clear the auction; winners pay the uniform price for the coming quantum; the tick's
+//!    house income sets the next bounty rate and, with [`MarketConfig::recycle_income`], goes
+//!    back to the bounty pool once a rent period;
 //! 7. check the conservation invariant (also in release builds).
 //!
 //! An agent that cannot pay a charge pays what it has and starts dying: its bid is withdrawn,
@@ -95,12 +97,36 @@ pub struct MarketConfig {
     pub band_pct: u32,
     /// How far real erasure is from Landauer's bound. Default 1e12 (the seed's figure).
     pub landauer_inefficiency: f64,
-    /// Bounty per verified unit of useful work (a unit is [`crate::work::UNIT`] = 1,024
-    /// numbers sieved, so a number is worth the same wherever it lies). Default 128
-    /// micro-JOULE: the WASM scientist sieves about 300 million numbers a second on one core
-    /// of the development VM, so it earns about 37 W worth, two and a half times the 15 W slot
-    /// it buys. Honest work pays; a leech has no income at all.
+    /// The most a verified unit of useful work earns (a unit is [`crate::work::UNIT`] = 1,024
+    /// numbers sieved near 1e9, so a unit is worth the same wherever it lies). Default 128
+    /// micro-JOULE: the WASM scientist does about 600,000 units a second on one core of the
+    /// development VM, so at this rate it earns about 77 W worth, five times the 15 W slot it
+    /// buys. What a unit really earns is this or less: the pool pays out what it can sustain
+    /// ([`MarketConfig::bounty_horizon_ticks`], [`MarketConfig::recycle_income`]).
     pub bounty_per_unit: Tokens,
+    /// Return everything the house takes in (slot payments, rent, Landauer tax, fines) to the
+    /// bounty pool, and pay it out again as bounties. Default on. The tokens are an account of
+    /// energy, not the operator's revenue: without this the house hoarded every token paid,
+    /// the pool only ever shrank, and once it was empty every useful agent died, however
+    /// useful. With it money is never destroyed; it moves from agents that do no verified work
+    /// to those that do, so useful agents as a whole get back what they pay, for ever.
+    pub recycle_income: bool,
+    /// The operator's standing grant to useful work: while work is being claimed and a unit
+    /// earns less than `bounty_per_unit`, the pool is paid this power's worth at the grid price (minted once a rent period, as pool funding)
+    /// and pays it out at once as bounties. Default 15 W, one slot's energy. Without a grant,
+    /// recycled money alone gives useful agents back exactly what they pay, so a lone useful
+    /// agent's measured value sits on the reserve and measurement noise alone decides whether
+    /// it runs (simulated: it won a third of the quanta it could have); the grant is the
+    /// margin that makes verified work worth more than its energy. 0 turns it off, and the
+    /// pool then lives on sponsors' top-ups.
+    pub bounty_grant: MilliWatts,
+    /// The pool's horizon: per tick it pays out at most its recent income (the house's takings
+    /// with [`MarketConfig::recycle_income`], and the grant) plus `1 / bounty_horizon_ticks` of its balance,
+    /// shared by the units of work claimed, never more than `bounty_per_unit` each. Default
+    /// 180,000 (30 minutes at 10 ms). So the pool never runs dry: the sponsors' money (the
+    /// opening pool and every top-up) is spent over about this long, and a pool with no
+    /// income pays less per unit as it shrinks instead of paying in full until it stops.
+    pub bounty_horizon_ticks: u64,
     /// Probability `q` that a claim is audited, in parts per million. Default 20_000 (2%): the
     /// node recomputes that share of all claimed work, and a claim is accepted only if its
     /// fine (bounty / q) is covered, so `q` also bounds the claim a wallet may make: at 2% and
@@ -147,6 +173,9 @@ impl Default for MarketConfig {
             band_pct: 20,
             landauer_inefficiency: 1e12,
             bounty_per_unit: Tokens(128),
+            recycle_income: true,
+            bounty_grant: slot_power,
+            bounty_horizon_ticks: 180_000,
             audit_ppm: 20_000,
             grace_ticks: 50,
             rent_settle_ticks: 100,
@@ -188,6 +217,9 @@ pub enum MarketConfigError {
     /// The controller is malformed.
     #[error("pid: {0}")]
     Pid(#[from] PidConfigError),
+    /// The pool's horizon is zero.
+    #[error("bounty_horizon must be at least one tick (default \"30min\")")]
+    BountyHorizon,
     /// Restored books do not balance.
     #[error("the restored books break conservation; run `maxwell ledger verify`")]
     Restore,
@@ -216,6 +248,9 @@ impl MarketConfig {
         }
         if self.audit_ppm == 0 || self.audit_ppm > PPM {
             return Err(MarketConfigError::AuditRate(self.audit_ppm));
+        }
+        if self.bounty_horizon_ticks == 0 {
+            return Err(MarketConfigError::BountyHorizon);
         }
         if !self.landauer_inefficiency.is_finite() || self.landauer_inefficiency < 0.0 {
             return Err(MarketConfigError::Inefficiency);
@@ -513,6 +548,25 @@ pub struct Market {
     last_winners: Vec<AgentId>,
     /// Agents given a retrial turn that has not ended yet.
     trying: Vec<AgentId>,
+    /// The pool's income per tick (the house's takings and the grant), an exponential average over [`RATE_WINDOW_TICKS`], in
+    /// micro-tokens times [`RATE_ONE`].
+    income_rate: u128,
+    /// Units of work claimed per tick, averaged the same way, times [`RATE_ONE`].
+    work_rate: u128,
+    /// Minted into the bounty pool by this market (since it was built or restored).
+    pool_funded: Tokens,
+}
+
+/// Ticks over which the house's income and the work claimed are averaged to set the bounty
+/// rate (2.56 s at 10 ms, as long as an agent's value meter's shortest window).
+pub const RATE_WINDOW_TICKS: u128 = 256;
+
+/// Fixed-point one of the averaged rates.
+const RATE_ONE: u128 = 1 << 20;
+
+/// One step of an exponential average of per-tick amounts (fixed point, [`RATE_ONE`]).
+fn ewma(rate: u128, sample: u128) -> u128 {
+    rate - rate / RATE_WINDOW_TICKS + sample.saturating_mul(RATE_ONE) / RATE_WINDOW_TICKS
 }
 
 impl Market {
@@ -535,6 +589,9 @@ impl Market {
             energy_house: MicroJoules(0),
             last_winners: Vec::new(),
             trying: Vec::new(),
+            income_rate: 0,
+            work_rate: 0,
+            pool_funded: Tokens::ZERO,
         })
     }
 
@@ -930,6 +987,15 @@ impl Market {
     /// Pays a bounty from the pool, at most what the pool holds (payouts round down to what
     /// exists).
     fn pay_bounty(&mut self, batch: &mut LedgerBatch, agent: AgentId, nominal: Tokens) {
+        if self.config.recycle_income
+            && self
+                .books
+                .balance(Account::BountyPool)
+                .unwrap_or(Tokens::ZERO)
+                < nominal
+        {
+            self.recycle(batch);
+        }
         let pool = self
             .books
             .balance(Account::BountyPool)
@@ -949,6 +1015,72 @@ impl Market {
         let s = &mut self.agents[agent.0 as usize].stats;
         s.bounties = s.bounties.saturating_add(paid);
         self.rekey(agent);
+    }
+
+    /// What the pool may pay out per tick now, in micro-tokens times [`RATE_ONE`]: its recent
+    /// income (the house's takings when they are recycled, and the grant), plus its balance
+    /// over its horizon.
+    fn payout_budget(&self) -> u128 {
+        let pool = u128::from(
+            self.books
+                .balance(Account::BountyPool)
+                .unwrap_or(Tokens::ZERO)
+                .0,
+        );
+        self.income_rate.saturating_add(
+            pool.saturating_mul(RATE_ONE) / u128::from(self.config.bounty_horizon_ticks.max(1)),
+        )
+    }
+
+    /// The bounty `units` of verified work earn if claimed now: the payout budget shared by
+    /// the work claimed recently, at most `bounty_per_unit` a unit. Rounded down.
+    fn bounty_now(&self, units: u64) -> Tokens {
+        let cap = bounty(units, self.config.bounty_per_unit);
+        if self.work_rate == 0 {
+            return cap;
+        }
+        let due = u128::from(units).saturating_mul(self.payout_budget()) / self.work_rate;
+        Tokens(u64::try_from(due).unwrap_or(u64::MAX)).min(cap)
+    }
+
+    /// Minted into the bounty pool by this market since it was built or restored.
+    pub fn pool_funded(&self) -> Tokens {
+        self.pool_funded
+    }
+
+    /// What one unit of verified work earns now, in thousandths of a micro-token (so 128_000
+    /// is the default cap of 128 micro-JOULE).
+    pub fn bounty_rate_milli(&self) -> u64 {
+        let cap = self.config.bounty_per_unit.0.saturating_mul(1_000);
+        if self.work_rate == 0 {
+            return cap;
+        }
+        let rate = self.payout_budget().saturating_mul(1_000) / self.work_rate;
+        u64::try_from(rate).unwrap_or(u64::MAX).min(cap)
+    }
+
+    /// Moves everything the house accounts hold into the bounty pool
+    /// ([`MarketConfig::recycle_income`]).
+    fn recycle(&mut self, batch: &mut LedgerBatch) {
+        for house in [
+            Account::HouseEnergy,
+            Account::HouseRent,
+            Account::HouseLandauer,
+            Account::HouseSlash,
+        ] {
+            let held = self.books.balance(house).unwrap_or(Tokens::ZERO);
+            if held > Tokens::ZERO {
+                self.post(
+                    batch,
+                    Transfer {
+                        from: house,
+                        to: Account::BountyPool,
+                        amount: held,
+                        kind: TransferKind::Recycling,
+                    },
+                );
+            }
+        }
     }
 
     fn begin_dying(&mut self, agent: AgentId, cause: Cause) {
@@ -994,6 +1126,7 @@ impl Market {
                 };
                 self.books.apply(&t).map_err(|_| Refusal::Overflow)?;
                 batch.transfers.push(t);
+                self.pool_funded = self.pool_funded.saturating_add(*amount);
             }
             Command::Bid { agent, price } | Command::OpeningBid { agent, price } => {
                 self.alive(*agent)?;
@@ -1197,6 +1330,7 @@ impl Market {
         // now. While the audit backlog is full every claim is refused, so a full backlog cannot
         // be used to dodge audits.
         let mut audits = Vec::new();
+        let mut claimed_units: u128 = 0;
         for c in &input.claims {
             let refuse = |refused: &mut Vec<(String, Refusal)>, e| {
                 refused.push((format!("claim {}", c.id.0), e));
@@ -1214,7 +1348,8 @@ impl Market {
                 continue;
             }
             let on_probation = self.agents[c.agent.0 as usize].on_probation;
-            let nominal = bounty(c.units, self.config.bounty_per_unit);
+            let nominal = self.bounty_now(c.units);
+            claimed_units = claimed_units.saturating_add(u128::from(c.units));
             let ppm = if on_probation {
                 PPM
             } else {
@@ -1376,6 +1511,49 @@ impl Market {
         for prev in std::mem::replace(&mut self.last_winners, clearing.winners.clone()) {
             if !clearing.winners.contains(&prev) {
                 self.agents[prev.0 as usize].streak = 0;
+            }
+        }
+
+        // 6b. The house's income this tick sets the next ticks' bounty rate, and (with
+        // `recycle_income`) goes back to the pool once a rent period, or sooner when a bounty
+        // needs it.
+        let mut income: u128 = if self.config.recycle_income {
+            batch
+                .transfers
+                .iter()
+                .filter(|t| t.kind.house() == Some(t.to))
+                .map(|t| u128::from(t.amount.0))
+                .sum()
+        } else {
+            0
+        };
+        // The operator's grant accrues while work is being claimed and the pool pays less
+        // than the most a unit may earn (so it never piles up in a pool that pays in full).
+        let granting = self.config.bounty_grant.0 > 0
+            && self.work_rate >= RATE_ONE
+            && self.bounty_rate_milli() < self.config.bounty_per_unit.0.saturating_mul(1_000);
+        let grant = grid.cost(self.config.bounty_grant.over(quantum));
+        if granting {
+            income = income.saturating_add(u128::from(grant.0));
+        }
+        self.income_rate = ewma(self.income_rate, income);
+        self.work_rate = ewma(self.work_rate, claimed_units);
+        if self.tick.is_multiple_of(period) {
+            if granting {
+                let t = Transfer {
+                    from: Account::Mint,
+                    to: Account::BountyPool,
+                    amount: grant.saturating_mul(period),
+                    kind: TransferKind::PoolFunding,
+                };
+                match self.books.apply(&t) {
+                    Ok(()) => batch.transfers.push(t),
+                    // All the money there may ever be is minted: the grant stops.
+                    Err(_) => refused.push(("the bounty grant".into(), Refusal::Overflow)),
+                }
+            }
+            if self.config.recycle_income {
+                self.recycle(&mut batch);
             }
         }
 

@@ -10,6 +10,8 @@
 //! | `DELETE /v1/agents/{name}` | | 202 [`AgentView`] |
 //! | `GET /v1/wallets/{name}` | | [`WalletView`] |
 //! | `POST /v1/wallets/{name}/fund` | [`FundRequest`] (signed by the owner) | [`WalletView`] |
+//! | `GET /v1/bounty-pool` | | [`BountyPoolView`] |
+//! | `POST /v1/bounty-pool/fund` | [`FundRequest`] (signed by any sponsor) | [`BountyPoolView`] |
 //! | `GET /v1/events` | | server-sent events, each data line an [`Event`] |
 //! | `GET /v1/stats` | | [`Stats`] |
 //! | `GET /metrics` | | Prometheus text |
@@ -135,8 +137,32 @@ pub struct MarketView {
     pub energy_source: String,
     /// The bounty pool.
     pub bounty_pool: Tokens,
+    /// What a unit of verified work earns now, in thousandths of a micro-JOULE.
+    #[serde(default)]
+    pub bounty_rate_milli: u64,
     /// Agents alive.
     pub alive: usize,
+}
+
+/// `GET /v1/bounty-pool`, and the answer to a top-up once it is credited and committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BountyPoolView {
+    /// What the pool holds.
+    pub balance: Tokens,
+    /// What a unit of verified work earns now, in thousandths of a micro-JOULE (at most
+    /// `cap_per_unit` times 1,000).
+    pub rate_milli_per_unit: u64,
+    /// The most a unit ever earns (`bounty_per_unit` in the configuration).
+    pub cap_per_unit: Tokens,
+    /// Whether the house's income goes back to the pool (`recycle_income`).
+    pub recycle_income: bool,
+    /// The pool pays out at most its income plus its balance over this many seconds a second.
+    pub horizon_s: f64,
+    /// Minted into the pool by fundings since the daemon started: top-ups through the API, and
+    /// the opening pool when the ledger was new (the grant is not counted).
+    pub sponsored: Tokens,
+    /// The last nonce of the sponsor who asked (0 when it never funded the pool here).
+    pub nonce: u64,
 }
 
 /// `GET /v1/agents` entries.

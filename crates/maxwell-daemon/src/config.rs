@@ -36,13 +36,25 @@ idle_rent = false
 bid_tick = "0.015 JOULE"
 # Landauer tax: how far real erasure is from the bound.
 landauer_inefficiency = 1e12
-# Bounty per verified unit of useful work (1,024 numbers sieved, for the scientist).
+# The most a verified unit of useful work earns (1,024 numbers sieved near 1e9, for the
+# scientist). A unit earns less when the pool cannot sustain this (see bounty_horizon).
 bounty_per_unit = "0.000128 JOULE"
+# Return what the house takes in (slot payments, rent, Landauer tax, fines) to the bounty pool,
+# to be paid out again as bounties: money moves from agents that do no verified work to those
+# that do, and the pool never empties for good.
+recycle_income = true
+# The operator pays for this much power of useful work, while work is claimed: minted into the
+# pool and paid out at once. It is what makes verified work worth more than its energy when
+# nobody else sponsors it ("0W": the pool lives on recycled income and top-ups only).
+bounty_grant = "15W"
+# Per tick the pool pays out at most its recent income plus its balance over this horizon,
+# shared by the work claimed: sponsors' money (the opening pool, top-ups) lasts about this long.
+bounty_horizon = "30min"
 # Share of claims audited by recomputation; a failed audit costs bounty / probability.
 audit_probability = 0.02
 # Time between insolvency and death.
 grace = "500ms"
-# Minted into the bounty pool when the ledger is new.
+# Minted into the bounty pool when the ledger is new (top it up with `maxwell bounty fund`).
 bounty_pool = "100000 JOULE"
 
 [agents]
@@ -108,9 +120,17 @@ pub struct Market {
     pub bid_tick: Tokens,
     /// Landauer inefficiency.
     pub landauer_inefficiency: f64,
-    /// Bounty per unit.
+    /// Bounty per unit, at most.
     #[serde(with = "maxwell_core::units::serde_str")]
     pub bounty_per_unit: Tokens,
+    /// The house's income goes back to the pool.
+    pub recycle_income: bool,
+    /// The operator's grant to useful work.
+    #[serde(with = "maxwell_core::units::serde_str")]
+    pub bounty_grant: MilliWatts,
+    /// The pool's payout horizon.
+    #[serde(with = "maxwell_core::units::serde_str")]
+    pub bounty_horizon: Nanos,
     /// Audit probability.
     pub audit_probability: f64,
     /// Grace period.
@@ -163,6 +183,9 @@ impl Default for Market {
             bid_tick: m.bid_tick,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_unit,
+            recycle_income: m.recycle_income,
+            bounty_grant: m.bounty_grant,
+            bounty_horizon: Nanos(m.quantum.0.saturating_mul(m.bounty_horizon_ticks)),
             audit_probability: f64::from(m.audit_ppm) / 1e6,
             grace: Nanos(m.quantum.0 * u64::from(m.grace_ticks)),
             bounty_pool: maxwell_node::defaults::BOUNTY_POOL,
@@ -252,6 +275,9 @@ impl Config {
             bid_tick: m.bid_tick,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_unit,
+            recycle_income: m.recycle_income,
+            bounty_grant: m.bounty_grant,
+            bounty_horizon_ticks: (m.bounty_horizon.0 / self.tick.0.max(1)).max(1),
             audit_ppm: ((m.audit_probability * 1e6).round() as u32).clamp(1, 1_000_000),
             grace_ticks: u32::try_from(m.grace.0 / self.tick.0.max(1)).unwrap_or(u32::MAX),
             ..base

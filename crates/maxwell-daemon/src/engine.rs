@@ -17,8 +17,8 @@ use maxwell_node::Node;
 use maxwell_sandbox::{Agent, AgentSpec, Limits, Program};
 
 use crate::api::{
-    AgentView, BookEntry, Event, FundRequest, MarketView, ProgramRef, SpawnRequest, Stats,
-    WalletView,
+    AgentView, BookEntry, BountyPoolView, Event, FundRequest, MarketView, ProgramRef, SpawnRequest,
+    Stats, WalletView,
 };
 use crate::config::Config;
 
@@ -64,6 +64,10 @@ pub enum Op {
     Wallet(String, Reply<WalletView>),
     /// Read an agent's recent log lines.
     Logs(String, Reply<crate::api::LogsView>),
+    /// Top up the bounty pool (any sponsor's signature, checked by the loop).
+    FundPool(FundRequest, Reply<BountyPoolView>),
+    /// Read the bounty pool (and this sponsor's last nonce, if a key is given).
+    Pool(Option<String>, Reply<BountyPoolView>),
 }
 
 /// Log lines kept per agent (the most recent).
@@ -104,6 +108,40 @@ pub struct Record {
     pub nonce: u64,
 }
 
+/// The bounty pool's sponsors and their last nonces.
+pub fn sponsors_path(data: &Path) -> PathBuf {
+    data.join("sponsors.json")
+}
+
+fn load_sponsors(data: &Path) -> Result<BTreeMap<String, u64>, ApiError> {
+    let p = sponsors_path(data);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+            ApiError::new(
+                500,
+                format!(
+                    "{}: {e}; it is written by the daemon only: restore it from a backup (or \
+                     delete it, and sponsors' old signatures could be replayed)",
+                    p.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(ApiError::new(500, format!("{}: {e}", p.display()))),
+    }
+}
+
+/// Writes a small JSON file atomically (temporary file, fsync, rename, fsync of the directory).
+fn save_json<T: Serialize + ?Sized>(data: &Path, p: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = p.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(value)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, p)?;
+    std::fs::File::open(data)?.sync_all()
+}
+
 /// The roster file.
 pub fn roster_path(data: &Path) -> PathBuf {
     data.join("agents.json")
@@ -127,17 +165,7 @@ pub fn load_roster(data: &Path) -> anyhow::Result<Vec<Record>> {
 
 /// Writes the roster atomically (temporary file, fsync, rename).
 fn save_roster(data: &Path, roster: &[Record]) -> std::io::Result<()> {
-    use std::io::Write;
-    let p = roster_path(data);
-    let tmp = p.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(roster)?.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &p)?;
-    if let Ok(d) = std::fs::File::open(data) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    save_json(data, &roster_path(data), roster)
 }
 
 /// A built-in agent's module.
@@ -242,6 +270,10 @@ pub struct Engine {
     fundings: Vec<PendingFunding>,
     /// Each agent's most recent log lines, with the tick they arrived.
     logs: BTreeMap<AgentId, VecDeque<(u64, String)>>,
+    /// Top-ups of the bounty pool queued for the next tick, answered once it is committed.
+    pool_fundings: Vec<(Tokens, String, Reply<BountyPoolView>)>,
+    /// The pool's sponsors and their last nonces (`sponsors.json`), read at first use.
+    sponsors: Option<BTreeMap<String, u64>>,
 }
 
 /// A funding the loop has accepted and queued: its answer waits for the tick that credits it.
@@ -283,6 +315,97 @@ impl Engine {
             work: VecDeque::new(),
             fundings: Vec::new(),
             logs: BTreeMap::new(),
+            pool_fundings: Vec::new(),
+            sponsors: None,
+        }
+    }
+
+    fn pool_view(&self, sponsor: Option<&str>) -> BountyPoolView {
+        let m = self.node.market();
+        let c = m.config();
+        BountyPoolView {
+            balance: m
+                .account_balance(maxwell_core::Account::BountyPool)
+                .unwrap_or(Tokens::ZERO),
+            rate_milli_per_unit: m.bounty_rate_milli(),
+            cap_per_unit: c.bounty_per_unit,
+            recycle_income: c.recycle_income,
+            horizon_s: c.quantum.0 as f64 * c.bounty_horizon_ticks as f64 / 1e9,
+            sponsored: m.pool_funded(),
+            nonce: sponsor
+                .and_then(|k| self.sponsors.as_ref()?.get(k).copied())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Checks a top-up of the bounty pool (signature, the sponsor's nonce, room in the books),
+    /// makes the nonce durable and queues the top-up for the next tick.
+    fn accept_pool_funding(&mut self, req: &FundRequest, tick: u64) -> Result<(), ApiError> {
+        if self.sponsors.is_none() {
+            self.sponsors = Some(load_sponsors(&self.data)?);
+        }
+        let last = self
+            .sponsors
+            .as_ref()
+            .and_then(|m| m.get(&req.owner).copied())
+            .unwrap_or(0);
+        crate::sign::check_pool_fund(req, &self.shared.node_key, last)
+            .map_err(|m| ApiError::new(403, m))?;
+        let queued: u64 = self
+            .fundings
+            .iter()
+            .map(|f| f.amount.0)
+            .chain(self.pool_fundings.iter().map(|f| f.0.0))
+            .sum();
+        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        if req.amount > room {
+            return Err(ApiError::new(
+                400,
+                format!(
+                    "amount {} is more than the books can still mint ({room}); fund less",
+                    req.amount
+                ),
+            ));
+        }
+        // The nonce is durable before the money moves: a crash in between loses a top-up (the
+        // sponsor signs again), never mints twice.
+        let mut next = self.sponsors.clone().unwrap_or_default();
+        next.insert(req.owner.clone(), req.nonce);
+        let p = sponsors_path(&self.data);
+        save_json(&self.data, &p, &next)
+            .map_err(|e| ApiError::new(500, format!("cannot save {}: {e}", p.display())))?;
+        self.sponsors = Some(next);
+        self.node.fund_bounty_pool(req.amount);
+        self.emit(
+            tick,
+            "funding",
+            None,
+            format!(
+                "{} into the bounty pool from sponsor {}",
+                req.amount, req.owner
+            ),
+        );
+        Ok(())
+    }
+
+    /// Answers the pool's top-ups queued before the tick just committed.
+    fn answer_pool_fundings(&mut self, sponsored_before: Tokens) {
+        let mut expected = sponsored_before;
+        for (amount, sponsor, reply) in std::mem::take(&mut self.pool_fundings) {
+            expected = expected.saturating_add(amount);
+            let r = if self.node.market().pool_funded() >= expected {
+                Ok(self.pool_view(Some(&sponsor)))
+            } else {
+                Err(ApiError::new(
+                    500,
+                    format!(
+                        "the top-up of {amount} was refused by the market (the books would overflow); nothing was credited"
+                    ),
+                ))
+            };
+            if reply.send(r).is_err() {
+                tracing::debug!(%sponsor, "a top-up's client left before its answer");
+            }
         }
     }
 
@@ -453,6 +576,28 @@ impl Engine {
                     dropped: self.node.logs_dropped(id),
                 });
                 let _ = reply.send(r);
+                return;
+            }
+            Op::FundPool(req, reply) => {
+                match self.accept_pool_funding(&req, tick) {
+                    Ok(()) => self.pool_fundings.push((req.amount, req.owner, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                return;
+            }
+            Op::Pool(sponsor, reply) => {
+                if self.sponsors.is_none() {
+                    match load_sponsors(&self.data) {
+                        Ok(m) => self.sponsors = Some(m),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(self.pool_view(sponsor.as_deref())));
                 return;
             }
             Op::Wallet(name, reply) => {
@@ -707,6 +852,7 @@ impl Engine {
             bounty_pool: m
                 .account_balance(maxwell_core::Account::BountyPool)
                 .unwrap_or(Tokens::ZERO),
+            bounty_rate_milli: m.bounty_rate_milli(),
             alive: (0..m.n_agents() as u32)
                 .filter(|&i| matches!(m.life(AgentId(i)), Some(Life::Alive)))
                 .count(),
@@ -793,9 +939,11 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => ops_open = false,
                 }
             }
+            let sponsored_before = self.node.market().pool_funded();
             let report = self.node.tick(due.now)?;
             // The tick is committed: its fundings are credited (or refused), durably.
             self.answer_fundings();
+            self.answer_pool_fundings(sponsored_before);
             for d in &report.deaths {
                 tracing::info!(agent = %d.name, cause = %d.cause, tick = d.tick, "apoptosis");
             }

@@ -151,6 +151,35 @@ async fn fund(
     Ok(Json(app.ask(|tx| Op::Fund(name, req, tx)).await?))
 }
 
+async fn fund_pool(
+    State(app): State<App>,
+    req: Result<Json<FundRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<api::BountyPoolView>, ApiError> {
+    let req = body(req).map_err(|e| {
+        ApiError::new(
+            e.status,
+            format!(
+                "{}; a top-up of the bounty pool is signed by its sponsor (amount, nonce, owner = \
+                 the sponsor's public key, signature); `maxwell bounty fund` does it",
+                e.message
+            ),
+        )
+    })?;
+    Ok(Json(app.ask(|tx| Op::FundPool(req, tx)).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PoolQuery {
+    sponsor: Option<String>,
+}
+
+async fn pool(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<PoolQuery>,
+) -> Result<Json<api::BountyPoolView>, ApiError> {
+    Ok(Json(app.ask(|tx| Op::Pool(q.sponsor, tx)).await?))
+}
+
 async fn wallet(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -269,6 +298,8 @@ fn router(app: App) -> Router {
         .route("/v1/agents/{name}/logs", get(logs))
         .route("/v1/wallets/{name}", get(wallet))
         .route("/v1/wallets/{name}/fund", post(fund))
+        .route("/v1/bounty-pool", get(pool))
+        .route("/v1/bounty-pool/fund", post(fund_pool))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(prometheus))

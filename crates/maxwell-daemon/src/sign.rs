@@ -17,6 +17,52 @@ pub fn fund_message(node: &str, agent: &str, amount: Tokens, nonce: u64) -> Vec<
     .into_bytes()
 }
 
+/// The exact bytes a sponsor signs to put `amount` into `node`'s bounty pool (a message of its
+/// own, so that no wallet funding can be replayed on the pool nor the other way round).
+pub fn pool_fund_message(node: &str, amount: Tokens, nonce: u64) -> Vec<u8> {
+    format!(
+        "maxwell-fund-bounty-pool-v1\nnode {node}\namount {}\nnonce {nonce}\n",
+        amount.0
+    )
+    .into_bytes()
+}
+
+/// A signed top-up of the bounty pool.
+pub fn sign_pool_fund(key: &SigningKey, node: &str, amount: Tokens, nonce: u64) -> FundRequest {
+    let sig = key.sign(&pool_fund_message(node, amount, nonce));
+    FundRequest {
+        amount,
+        nonce,
+        owner: hex(key.verifying_key().as_bytes()),
+        signature: hex(&sig.to_bytes()),
+    }
+}
+
+/// Checks a top-up of the bounty pool on `node` by the sponsor `req.owner`, whose last nonce
+/// was `last_nonce` (0 for a new sponsor). Anyone may sponsor; the signature only proves who
+/// paid and stops replays.
+pub fn check_pool_fund(req: &FundRequest, node: &str, last_nonce: u64) -> Result<(), String> {
+    let key = parse_public_key(&req.owner)?;
+    let sig = Signature::from_bytes(&unhex::<64>(&req.signature, "the signature")?);
+    key.verify(&pool_fund_message(node, req.amount, req.nonce), &sig)
+        .map_err(|_| {
+            "the signature does not match this node, amount and nonce (forged, signed for \
+             another node, or a wallet funding sent to the pool)"
+                .to_string()
+        })?;
+    if req.nonce <= last_nonce {
+        return Err(format!(
+            "nonce {} was already used by this sponsor (the last was {last_nonce}); sign again \
+             with a larger one",
+            req.nonce
+        ));
+    }
+    if req.amount == Tokens::ZERO {
+        return Err("amount must be above zero".into());
+    }
+    Ok(())
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -97,6 +143,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_pool_top_up_needs_a_fresh_signature_for_this_node_and_amount() {
+        let sponsor = SigningKey::from_bytes(&[9; 32]);
+        let req = sign_pool_fund(&sponsor, "node-a", Tokens(5), 3);
+        check_pool_fund(&req, "node-a", 2).unwrap();
+        assert!(
+            check_pool_fund(&req, "node-a", 3)
+                .unwrap_err()
+                .contains("nonce")
+        );
+        assert!(check_pool_fund(&req, "node-b", 0).is_err());
+        let mut more = req.clone();
+        more.amount = Tokens(500);
+        assert!(check_pool_fund(&more, "node-a", 0).is_err());
+        // A wallet funding cannot be replayed on the pool, nor a top-up on a wallet.
+        let wallet = sign_fund(&sponsor, "node-a", "bounty-pool", Tokens(5), 4);
+        assert!(check_pool_fund(&wallet, "node-a", 0).is_err());
+        let o = hex(sponsor.verifying_key().as_bytes());
+        assert!(check_fund(&req, "node-a", "bounty-pool", &o, 0).is_err());
+        let zero = sign_pool_fund(&sponsor, "node-a", Tokens(0), 5);
+        assert!(check_pool_fund(&zero, "node-a", 0).is_err());
+    }
 
     #[test]
     fn only_the_owner_s_fresh_signature_for_this_node_wallet_and_amount_passes() {

@@ -151,6 +151,7 @@ fn kind_name(k: TransferKind) -> &'static str {
         TransferKind::LandauerTax => "landauer-tax",
         TransferKind::Bounty => "bounty",
         TransferKind::Fine => "fine",
+        TransferKind::Recycling => "recycling",
     }
 }
 

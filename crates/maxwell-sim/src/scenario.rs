@@ -74,9 +74,17 @@ pub struct MarketSection {
     pub bid_tick: Tokens,
     /// Landauer inefficiency factor.
     pub landauer_inefficiency: f64,
-    /// Bounty per verified unit of work (1,024 numbers sieved).
+    /// The most a verified unit of work earns (1,024 numbers sieved near 1e9).
     #[serde(with = "serde_str")]
     pub bounty_per_unit: Tokens,
+    /// The house's income goes back to the bounty pool.
+    pub recycle_income: bool,
+    /// The operator's grant to useful work, as power.
+    #[serde(with = "serde_str")]
+    pub bounty_grant: MilliWatts,
+    /// The pool pays out at most its income plus its balance over this horizon.
+    #[serde(with = "serde_str")]
+    pub bounty_horizon: Nanos,
     /// Probability that a claim is audited.
     pub audit_probability: f64,
     /// Grace between insolvency and death.
@@ -108,6 +116,9 @@ impl Default for MarketSection {
             bid_tick: c.bid_tick,
             landauer_inefficiency: c.landauer_inefficiency,
             bounty_per_unit: c.bounty_per_unit,
+            recycle_income: c.recycle_income,
+            bounty_grant: c.bounty_grant,
+            bounty_horizon: Nanos(c.quantum.0.saturating_mul(c.bounty_horizon_ticks)),
             audit_probability: f64::from(c.audit_ppm) / f64::from(PPM),
             grace: Nanos(c.quantum.0 * u64::from(c.grace_ticks)),
             bounty_pool: defaults::BOUNTY_POOL,
@@ -414,6 +425,9 @@ impl Scenario {
             retrial_ticks: base.retrial_ticks,
             landauer_inefficiency: m.landauer_inefficiency,
             bounty_per_unit: m.bounty_per_unit,
+            recycle_income: m.recycle_income,
+            bounty_grant: m.bounty_grant,
+            bounty_horizon_ticks: (m.bounty_horizon.0 / m.tick.0.max(1)).max(1),
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),
             grace_ticks: u32::try_from(m.grace.0 / m.tick.0.max(1)).unwrap_or(u32::MAX),
             rent_settle_ticks: base.rent_settle_ticks,
@@ -464,6 +478,9 @@ mod tests {
         assert_eq!(cfg.audit_ppm, daemon.audit_ppm);
         assert_eq!(cfg.bounty_per_unit, daemon.bounty_per_unit);
         assert_eq!(cfg.idle_rent, daemon.idle_rent);
+        assert_eq!(cfg.recycle_income, daemon.recycle_income);
+        assert_eq!(cfg.bounty_grant, daemon.bounty_grant);
+        assert_eq!(cfg.bounty_horizon_ticks, daemon.bounty_horizon_ticks);
         assert_eq!(cfg.rent_settle_ticks, daemon.rent_settle_ticks);
         assert_eq!(s.market.opening_bid, defaults::OPENING_BID);
     }

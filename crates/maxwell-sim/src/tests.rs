@@ -90,3 +90,74 @@ fn maxwell_beats_the_fair_share_baseline_on_work_per_joule() {
         s.baseline.efficiency
     );
 }
+
+/// The README quickstart's roster (one scientist, one leech, 10 JOULE each) on a small opening
+/// pool with a short horizon, so that ten minutes are twenty horizons: the opening pool is long
+/// spent by the end.
+fn outliving(recycle: bool, grant: &str, duration_s: u32) -> Summary {
+    let text = format!(
+        r#"name = "outlive-the-pool"
+duration = "{duration_s}s"
+[market]
+bounty_pool = "2000 JOULE"
+bounty_horizon = "30s"
+recycle_income = {recycle}
+bounty_grant = "{grant}"
+[[agents]]
+name = "sci"
+profile = "scientist"
+funds = "10 JOULE"
+memory = "1408KiB"
+[[agents]]
+name = "leech"
+profile = "leech"
+funds = "10 JOULE"
+memory = "4160KiB"
+"#
+    );
+    run(&Scenario::parse(&text, "outlive.toml").unwrap(), 1)
+}
+
+/// Survival follows usefulness for ever, not while a finite pool lasts: with the house's income
+/// recycled, the scientist still wins every slot it can use in the last five minutes (the
+/// opening pool's sponsorship decayed twenty-fold by then) and the pool is never empty; with
+/// the income kept by the house, the same roster idles once the opening pool is spent. The two
+/// runs share their first five minutes exactly (same seed), so the difference of quanta won is
+/// the last five minutes'.
+#[test]
+fn useful_work_outlives_the_opening_pool_when_the_house_recycles_its_income() {
+    let last_half = |recycle, grant| {
+        let (half, full) = (
+            outliving(recycle, grant, 300),
+            outliving(recycle, grant, 600),
+        );
+        for s in [&half, &full] {
+            assert!(s.conservation_ok, "{:?}", s.violations);
+        }
+        let won = |s: &Summary, name: &str| {
+            let a = s.agents.iter().find(|a| a.name == name).unwrap();
+            (a.quanta_won, a.alive)
+        };
+        assert!(!won(&full, "leech").1, "the leech lives");
+        let (h, _) = won(&half, "sci");
+        let (f, alive) = won(&full, "sci");
+        (f - h, alive, full.books.bounty_pool)
+    };
+    let (won, alive, pool) = last_half(true, "15W");
+    assert!(alive, "the scientist died");
+    assert!(won >= 29_500, "the scientist won {won} of 30000 quanta");
+    assert!(pool > 0, "the pool ran dry");
+    // Recycled money alone pays useful agents back what they pay, no more: a lone scientist's
+    // value then sits on the reserve, and it runs only when its noisy estimate lands above it.
+    let (won, alive, _) = last_half(true, "0W");
+    assert!(
+        alive && won < 25_000,
+        "without a grant the scientist won {won}"
+    );
+    // Neither: once the opening pool is spent, nothing pays for the work.
+    let (won, _, _) = last_half(false, "0W");
+    assert!(
+        won < 15_000,
+        "without recycling or a grant the scientist still won {won}"
+    );
+}

@@ -54,6 +54,7 @@ fn market(tick: u64, price: u64, temp: f64) -> MarketView {
         modelled: true,
         energy_source: "model".into(),
         bounty_pool: Tokens(99_990_000_000),
+        bounty_rate_milli: 128_000,
         alive: 3,
     }
 }

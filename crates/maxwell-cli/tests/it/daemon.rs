@@ -215,6 +215,49 @@ fn the_daemon_hosts_agents_refuses_unsigned_money_and_resumes_after_sigterm() {
         );
     }
     assert_eq!(wallet(&d)["funded"].as_u64().unwrap(), funded + 1_000_000);
+
+    // The bounty pool: any sponsor tops it up with a signed request, answered once credited;
+    // unsigned, forged and empty top-ups are refused and nothing moves.
+    let pool = |d: &Daemon| -> Value {
+        let o = d.cli(&["bounty", "show", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let before = pool(&d);
+    // The opening pool of a new ledger is its first sponsorship.
+    let sponsored = before["sponsored"].as_u64().unwrap();
+    assert_eq!(sponsored, 100_000_000_000, "{before}");
+    assert_eq!(before["cap_per_unit"], 128, "{before}");
+    assert!(
+        before["rate_milli_per_unit"].as_u64().unwrap() <= 128_000,
+        "{before}"
+    );
+    let (status, body) = d.http("POST", "/v1/bounty-pool/fund", r#"{"amount": 5000000}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sponsor"), "{body}");
+    let forged = format!(
+        r#"{{"amount": 5000000, "nonce": 7, "owner": "{owner}", "signature": "{}"}}"#,
+        "ab".repeat(64)
+    );
+    let (status, body) = d.http("POST", "/v1/bounty-pool/fund", &forged);
+    assert_eq!(status, 403, "{body}");
+    let o = d.cli(&["bounty", "fund", "0 JOULE"]);
+    assert!(stderr(&o).contains("above zero"), "{}", stderr(&o));
+    let o = d.cli(&["bounty", "fund", "500 JOULE"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("credited and committed"),
+        "{}",
+        stdout(&o)
+    );
+    let after = pool(&d);
+    assert_eq!(after["sponsored"], sponsored + 500_000_000, "{after}");
+    // A second top-up signs a larger nonce by itself.
+    let o = d.cli(&["bounty", "fund", "1 JOULE"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(pool(&d)["sponsored"], sponsored + 501_000_000);
+    assert!(d.dir.join("sponsors.json").exists());
+
     // An agent that could not pay for one slot is refused at spawn.
     let o = d.cli(&["agents", "spawn", "poor", "--builtin", "scientist"]);
     assert!(

@@ -2,10 +2,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// The market these tests were written for: a bounty of 0.004 JOULE a unit, q = 1%, and a
-/// price tick of one micro-JOULE (every bid as asked).
+/// The market these tests were written for: a bounty of 0.004 JOULE a unit, q = 1%, a price
+/// tick of one micro-JOULE (every bid as asked), and the house keeping what it takes in, with
+/// no grant (the pool's own rules have their tests at the end).
 fn market() -> Market {
     Market::new(MarketConfig {
+        recycle_income: false,
+        bounty_grant: MilliWatts(0),
         grace_ticks: 2,
         bid_tick: Tokens(1),
         insolvent_below_reserve: false,
@@ -889,5 +892,151 @@ fn an_agent_whose_bid_falls_below_the_reserve_during_its_first_trial_is_retried(
         s.spent.slots <= Tokens(5 * 150_000 + (won - 5) * 60_000),
         "{}",
         s.spent.slots
+    );
+}
+
+/// A market for the pool's own rules: a cap of 0.004 JOULE a unit, claims audited at the least
+/// rate (1 ppm, so that nearly every bounty is paid at once), a horizon of 100 ticks.
+fn pool_market(recycle: bool, grant: MilliWatts) -> Market {
+    Market::new(MarketConfig {
+        recycle_income: recycle,
+        bounty_grant: grant,
+        bounty_horizon_ticks: 100,
+        bounty_per_unit: Tokens(4_000),
+        audit_ppm: 1,
+        bid_tick: Tokens(1),
+        trial_quanta: 0,
+        ..MarketConfig::default()
+    })
+    .unwrap()
+}
+
+/// Runs `ticks` ticks in which `worker` claims 1,000 units (4 JOULE at the cap); returns the
+/// bounty paid in each tick and the pool after it.
+fn work(m: &mut Market, worker: AgentId, from: u64, ticks: u64) -> Vec<(u64, u64)> {
+    (from..from + ticks)
+        .map(|t| {
+            let out = m.tick(TickInput {
+                claims: vec![Claim {
+                    id: ClaimId(t),
+                    agent: worker,
+                    units: 1_000,
+                }],
+                ..cool(t)
+            });
+            let paid = out
+                .batch
+                .transfers
+                .iter()
+                .filter(|x| x.kind == TransferKind::Bounty)
+                .map(|x| x.amount.0)
+                .sum();
+            m.check_conservation().unwrap();
+            let pool = m.account_balance(Account::BountyPool).unwrap().0;
+            (paid, pool)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_without_income_pays_its_balance_over_its_horizon_and_never_runs_dry() {
+    let mut m = pool_market(false, MilliWatts(0));
+    let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 0);
+    commands.push(Command::CancelBid { agent: worker });
+    commands.push(Command::FundBountyPool {
+        amount: Tokens(1_000_000_000),
+    });
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    let run = work(&mut m, worker, 2, 3_000);
+    // At first the pool can pay the cap (4 JOULE a tick, less than 1,000 JOULE / 100).
+    assert_eq!(run[0].0, 4_000_000);
+    // Then it pays less as it shrinks, about a hundredth of itself a tick, and is never empty.
+    for w in run[1_000..].windows(2) {
+        let (paid, pool_before) = (w[1].0, w[0].1);
+        assert!(pool_before > 0, "the pool ran dry");
+        assert!(
+            paid <= pool_before / 100 + pool_before / 1_000 + 1,
+            "paid {paid} from a pool of {pool_before}"
+        );
+    }
+    let (last_paid, last_pool) = run[run.len() - 1];
+    assert!(
+        last_paid < 40_000 && last_pool > 0,
+        "{last_paid} {last_pool}"
+    );
+}
+
+#[test]
+fn recycled_takings_come_back_to_the_useful_agent_that_paid_them() {
+    // One agent wins every slot it bids for at the reserve (0.15 JOULE) and claims work, with
+    // no pool to speak of: without recycling it pays 0.15 JOULE a tick for nothing; with it,
+    // what it pays comes back as bounties, a few seconds late.
+    let run = |recycle| {
+        let mut m = pool_market(recycle, MilliWatts(0));
+        let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 200_000);
+        commands.push(Command::FundBountyPool { amount: Tokens(1) });
+        m.tick(TickInput {
+            commands,
+            ..cool(1)
+        });
+        work(&mut m, worker, 2, 5_000);
+        let held: u64 = [
+            Account::HouseEnergy,
+            Account::HouseRent,
+            Account::HouseLandauer,
+            Account::HouseSlash,
+        ]
+        .iter()
+        .map(|a| m.account_balance(*a).unwrap().0)
+        .sum();
+        (
+            m.balance(worker).unwrap().0,
+            held,
+            m.stats(worker).unwrap().quanta_won,
+        )
+    };
+    let (kept, held, won) = run(false);
+    assert_eq!(won, 5_001);
+    assert!(kept < 250_000_000 && held > 750_000_000, "{kept} {held}");
+    let (back, held, won) = run(true);
+    assert_eq!(won, 5_001);
+    // What the house holds is at most one rent period's takings; the pool has paid the rest
+    // back, less what the last averaging window has not caught up with yet.
+    assert!(held <= 100 * 150_000, "the house holds {held}");
+    assert!(back > 950_000_000, "the worker kept {back} of 1000 JOULE");
+}
+
+#[test]
+fn the_grant_pays_for_useful_work_only_while_work_is_claimed() {
+    let mut m = pool_market(true, MilliWatts(15_000));
+    let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 200_000);
+    commands.push(Command::FundBountyPool { amount: Tokens(1) });
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    let minted = m.minted().0;
+    work(&mut m, worker, 2, 5_000);
+    // 15 W for 50 s is 750 JOULE, minted once a second as the work goes on, and paid out to
+    // the worker.
+    let granted = m.minted().0 - minted;
+    assert!(
+        (700_000_000..=750_000_000).contains(&granted),
+        "granted {granted}"
+    );
+    let balance = m.balance(worker).unwrap().0;
+    assert!(balance > 1_650_000_000, "the worker has {balance}");
+    // No work, no grant: it stops within three rent periods, as the work's average decays.
+    let minted = m.minted().0;
+    for t in 5_002..6_002 {
+        m.tick(cool(t));
+    }
+    assert!(
+        m.minted().0 - minted <= 3 * 150_000 * 100,
+        "{}",
+        m.minted().0 - minted
     );
 }
