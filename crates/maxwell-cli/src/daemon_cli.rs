@@ -578,7 +578,17 @@ pub(crate) async fn spawn_demo_cast(
     key: &ed25519_dalek::SigningKey,
     node: &NodeInfo,
 ) -> anyhow::Result<()> {
-    for (name, builtin, funds) in crate::experiment::demo_cast() {
+    spawn_cast(client, key, node, crate::experiment::demo_cast()).await
+}
+
+/// Spawns built-in agents `(name, builtin, funds)`, each funded as it is spawned.
+pub(crate) async fn spawn_cast(
+    client: &Client,
+    key: &ed25519_dalek::SigningKey,
+    node: &NodeInfo,
+    cast: Vec<(String, &'static str, Tokens)>,
+) -> anyhow::Result<()> {
+    for (name, builtin, funds) in cast {
         let req = SpawnRequest {
             name: name.clone(),
             program: ProgramRef {

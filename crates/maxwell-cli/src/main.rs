@@ -108,8 +108,9 @@ enum Command {
     /// Measure performance against baselines in one run.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The demo's roster (4 scientists, 4 leeches) on a real daemon for minutes (default 10m):
-    /// survivors, balances, deaths and their causes, tick lateness.
+    /// The demo's roster (4 scientists, 4 leeches; or `--roster quickstart`, the README's one
+    /// scientist and one leech) on a real daemon for minutes (default 10m): survivors,
+    /// balances, the bounty pool, deaths and their causes, tick lateness.
     Soak(soak::SoakArgs),
     /// SIGKILL the daemon at random moments under load (default 100 times) and check after each
     /// kill that the ledger verifies, no acknowledged funding is lost, nothing is minted twice
