@@ -112,8 +112,9 @@ pub struct MarketConfig {
     /// to those that do, so useful agents as a whole get back what they pay, for ever.
     pub recycle_income: bool,
     /// The operator's standing grant to useful work: while work is being claimed and a unit
-    /// earns less than `bounty_per_unit`, the pool is paid this power's worth at the grid price (minted once a rent period, as pool funding)
-    /// and pays it out at once as bounties. Default 15 W, one slot's energy. Without a grant,
+    /// earns less than `bounty_per_unit`, the pool is paid this power's worth at the grid
+    /// price (accrued every tick, minted once a rent period as pool funding) and pays it out
+    /// at once as bounties. Default 15 W, one slot's energy. Without a grant,
     /// recycled money alone gives useful agents back exactly what they pay, so a lone useful
     /// agent's measured value sits on the reserve and measurement noise alone decides whether
     /// it runs (simulated: it won a third of the quanta it could have); the grant is the
@@ -121,8 +122,9 @@ pub struct MarketConfig {
     /// pool then lives on sponsors' top-ups.
     pub bounty_grant: MilliWatts,
     /// The pool's horizon: per tick it pays out at most its recent income (the house's takings
-    /// with [`MarketConfig::recycle_income`], and the grant) plus `1 / bounty_horizon_ticks` of its balance,
-    /// shared by the units of work claimed, never more than `bounty_per_unit` each. Default
+    /// with [`MarketConfig::recycle_income`], and the grant) plus `1 / bounty_horizon_ticks` of
+    /// its balance, shared by the units of work claimed, never more than `bounty_per_unit`
+    /// each. Default
     /// 180,000 (30 minutes at 10 ms). So the pool never runs dry: the sponsors' money (the
     /// opening pool and every top-up) is spent over about this long, and a pool with no
     /// income pays less per unit as it shrinks instead of paying in full until it stops.
@@ -548,9 +550,11 @@ pub struct Market {
     last_winners: Vec<AgentId>,
     /// Agents given a retrial turn that has not ended yet.
     trying: Vec<AgentId>,
-    /// The pool's income per tick (the house's takings and the grant), an exponential average over [`RATE_WINDOW_TICKS`], in
-    /// micro-tokens times [`RATE_ONE`].
+    /// The pool's income per tick (the house's takings and the grant), an exponential average
+    /// over [`RATE_WINDOW_TICKS`], in micro-tokens times [`RATE_ONE`].
     income_rate: u128,
+    /// The grant accrued since it was last minted.
+    grant_due: Tokens,
     /// Units of work claimed per tick, averaged the same way, times [`RATE_ONE`].
     work_rate: u128,
     /// Minted into the bounty pool by this market (since it was built or restored).
@@ -590,6 +594,7 @@ impl Market {
             last_winners: Vec::new(),
             trying: Vec::new(),
             income_rate: 0,
+            grant_due: Tokens::ZERO,
             work_rate: 0,
             pool_funded: Tokens::ZERO,
         })
@@ -1532,18 +1537,20 @@ impl Market {
         let granting = self.config.bounty_grant.0 > 0
             && self.work_rate >= RATE_ONE
             && self.bounty_rate_milli() < self.config.bounty_per_unit.0.saturating_mul(1_000);
-        let grant = grid.cost(self.config.bounty_grant.over(quantum));
         if granting {
+            let grant = grid.cost(self.config.bounty_grant.over(quantum));
             income = income.saturating_add(u128::from(grant.0));
+            self.grant_due = self.grant_due.saturating_add(grant);
         }
         self.income_rate = ewma(self.income_rate, income);
         self.work_rate = ewma(self.work_rate, claimed_units);
         if self.tick.is_multiple_of(period) {
-            if granting {
+            let due = std::mem::take(&mut self.grant_due);
+            if due > Tokens::ZERO {
                 let t = Transfer {
                     from: Account::Mint,
                     to: Account::BountyPool,
-                    amount: grant.saturating_mul(period),
+                    amount: due,
                     kind: TransferKind::PoolFunding,
                 };
                 match self.books.apply(&t) {

@@ -106,6 +106,18 @@ pub fn render(
         "1 when energy and temperature come from the model",
         if m.modelled { 1.0 } else { 0.0 },
     );
+    gauge(
+        &mut r,
+        "bounty_pool_joules",
+        "What the bounty pool holds",
+        m.bounty_pool.0 as f64 / 1e6,
+    );
+    gauge(
+        &mut r,
+        "bounty_per_unit_joules",
+        "What a verified unit of work earns now",
+        m.bounty_rate_milli as f64 / 1e9,
+    );
     gauge(&mut r, "tick", "Ticks committed", m.tick as f64);
     gauge(&mut r, "book_depth", "Standing bids", m.depth as f64);
     let balance = Family::<AgentLabel, F>::default();

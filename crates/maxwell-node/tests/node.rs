@@ -220,3 +220,88 @@ fn equal_scientists_share_live_and_earn_while_leeches_die() {
     assert!(r.ok(), "{:?}", r.first_bad);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Useful work outlives the money it started with, on real agents in the daemon's loop: the
+/// README quickstart's roster (one scientist, one leech, 10 JOULE each) on an opening pool of
+/// only 100 JOULE paid over a 10 s horizon, for a minute. By the second half the opening pool's
+/// share has decayed twenty-fold; what pays the scientist then is what it pays the house (and
+/// the leech paid before it died), recycled, and the operator's grant. It must still win nine
+/// in ten of the second half's ticks (it waits for nobody), live, and the pool must not be
+/// empty. With the house keeping its takings and no grant (the rules before), the same run
+/// fails: the scientist won 100 of the second half's 2,999 ticks. Release builds only, alone,
+/// for the reasons given above.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "a release-build measurement: cargo test --release -p maxwell-node --test node"
+)]
+fn a_lone_scientist_outlives_its_opening_pool() {
+    let dir = std::env::temp_dir().join(format!("maxwell-outlive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
+    let physics = Physics::open(Path::new("/"), ModelParams::default());
+    let config = MarketConfig {
+        bounty_horizon_ticks: 1_000,
+        ..maxwell_node::tuned_for(MarketConfig::default(), &physics)
+    };
+    let mut node = Node::new(
+        config,
+        physics,
+        Box::new(WasmSandbox::new().unwrap()),
+        Some(ledger),
+    )
+    .unwrap();
+    let spawn = |node: &mut Node, name: &str, wat: &str| {
+        node.spawn(
+            &spec(name, wat),
+            Tokens::joules(10),
+            defaults::MAX_BID,
+            defaults::OPENING_BID,
+        )
+        .unwrap()
+    };
+    let sci = spawn(&mut node, "sci", SCIENTIST_WAT);
+    let leech = spawn(&mut node, "leech", LEECH_WAT);
+    node.fund_bounty_pool(Tokens::joules(100));
+
+    let mut pacer = Pacer::new(Duration::from_millis(10));
+    node.tick(pacer.now()).unwrap();
+    let (mut ticks, mut won) = (0u64, 0u64);
+    while pacer.elapsed() < Duration::from_secs(60) {
+        let due = pacer.wait();
+        let r = node.tick(due.now).unwrap();
+        assert!(r.deaths.iter().all(|d| d.agent != sci), "{:?}", r.deaths);
+        if pacer.elapsed() > Duration::from_secs(30) {
+            ticks += 1;
+            won += u64::from(r.winners.contains(&sci));
+        }
+    }
+    let m = node.market();
+    assert!(
+        matches!(m.life(leech), Some(Life::Dead { .. })),
+        "the leech lives"
+    );
+    assert!(
+        matches!(m.life(sci), Some(Life::Alive)),
+        "the scientist died"
+    );
+    assert!(
+        won * 10 >= ticks * 9,
+        "the scientist won {won} of the second half's {ticks} ticks"
+    );
+    let pool = m
+        .account_balance(maxwell_core::Account::BountyPool)
+        .unwrap();
+    assert!(pool > Tokens::ZERO, "the pool ran dry");
+    let stats = *m.stats(sci).unwrap();
+    assert!(
+        stats.bounties > Tokens::joules(110),
+        "the scientist earned only {} (the opening pool was 100 JOULE)",
+        stats.bounties
+    );
+    assert!(node.freeze_all().is_empty());
+    drop(node);
+    let r = maxwell_ledger::verify(&dir.join("ledger.db")).unwrap();
+    assert!(r.ok(), "{:?}", r.first_bad);
+    let _ = std::fs::remove_dir_all(&dir);
+}
