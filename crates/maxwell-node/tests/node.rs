@@ -29,6 +29,36 @@ fn spec(name: &str, wat: &str) -> AgentSpec {
     }
 }
 
+/// A node as the daemon builds one (the machine's physics, the defaults tuned for it, then
+/// `tweak`), with WASM agents and a fresh ledger in a temporary directory named for `tag`.
+fn daemon_like_node(
+    tag: &str,
+    tweak: impl FnOnce(MarketConfig) -> MarketConfig,
+) -> (Node, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("maxwell-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
+    let physics = Physics::open(Path::new("/"), ModelParams::default());
+    let config = tweak(maxwell_node::tuned_for(MarketConfig::default(), &physics));
+    let node = Node::new(
+        config,
+        physics,
+        Box::new(WasmSandbox::new().unwrap()),
+        Some(ledger),
+    )
+    .unwrap();
+    (node, dir)
+}
+
+/// Freezes everything, closes the ledger, verifies it and removes the directory.
+fn verify_and_remove(mut node: Node, dir: &Path) {
+    assert!(node.freeze_all().is_empty());
+    drop(node);
+    let r = maxwell_ledger::verify(&dir.join("ledger.db")).unwrap();
+    assert!(r.ok(), "{:?}", r.first_bad);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
     let dir = std::env::temp_dir().join(format!("maxwell-node-{}", std::process::id()));
@@ -133,18 +163,7 @@ fn the_leech_dies_the_scientist_earns_and_the_ledger_verifies() {
     ignore = "a release-build measurement: cargo test --release -p maxwell-node --test node"
 )]
 fn equal_scientists_share_live_and_earn_while_leeches_die() {
-    let dir = std::env::temp_dir().join(format!("maxwell-economy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
-    let physics = Physics::open(Path::new("/"), ModelParams::default());
-    let config = maxwell_node::tuned_for(MarketConfig::default(), &physics);
-    let mut node = Node::new(
-        config,
-        physics,
-        Box::new(WasmSandbox::new().unwrap()),
-        Some(ledger),
-    )
-    .unwrap();
+    let (mut node, dir) = daemon_like_node("economy", |c| c);
     let mut leeches = Vec::new();
     let mut scientists = Vec::new();
     for i in 0..4 {
@@ -214,11 +233,7 @@ fn equal_scientists_share_live_and_earn_while_leeches_die() {
             "scientist-{i} did not earn: {balance} from {funded} JOULE"
         );
     }
-    assert!(node.freeze_all().is_empty());
-    drop(node);
-    let r = maxwell_ledger::verify(&dir.join("ledger.db")).unwrap();
-    assert!(r.ok(), "{:?}", r.first_bad);
-    let _ = std::fs::remove_dir_all(&dir);
+    verify_and_remove(node, &dir);
 }
 
 /// Useful work outlives the money it started with, on real agents in the daemon's loop: the
@@ -236,21 +251,10 @@ fn equal_scientists_share_live_and_earn_while_leeches_die() {
     ignore = "a release-build measurement: cargo test --release -p maxwell-node --test node"
 )]
 fn a_lone_scientist_outlives_its_opening_pool() {
-    let dir = std::env::temp_dir().join(format!("maxwell-outlive-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let ledger = Ledger::open(&dir.join("ledger.db"), &dir.join("node.key")).unwrap();
-    let physics = Physics::open(Path::new("/"), ModelParams::default());
-    let config = MarketConfig {
+    let (mut node, dir) = daemon_like_node("outlive", |c| MarketConfig {
         bounty_horizon_ticks: 1_000,
-        ..maxwell_node::tuned_for(MarketConfig::default(), &physics)
-    };
-    let mut node = Node::new(
-        config,
-        physics,
-        Box::new(WasmSandbox::new().unwrap()),
-        Some(ledger),
-    )
-    .unwrap();
+        ..c
+    });
     let spawn = |node: &mut Node, name: &str, wat: &str| {
         node.spawn(
             &spec(name, wat),
@@ -299,9 +303,5 @@ fn a_lone_scientist_outlives_its_opening_pool() {
         "the scientist earned only {} (the opening pool was 100 JOULE)",
         stats.bounties
     );
-    assert!(node.freeze_all().is_empty());
-    drop(node);
-    let r = maxwell_ledger::verify(&dir.join("ledger.db")).unwrap();
-    assert!(r.ok(), "{:?}", r.first_bad);
-    let _ = std::fs::remove_dir_all(&dir);
+    verify_and_remove(node, &dir);
 }

@@ -969,19 +969,26 @@ fn a_pool_without_income_pays_its_balance_over_its_horizon_and_never_runs_dry() 
     );
 }
 
+/// A pool market after its first tick: one worker funded 1,000 JOULE bidding 0.2 JOULE (it wins
+/// a slot every tick, at the reserve), and a pool of one micro-JOULE.
+fn bidding_worker(recycle: bool, grant: MilliWatts) -> (Market, AgentId) {
+    let mut m = pool_market(recycle, grant);
+    let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 200_000);
+    commands.push(Command::FundBountyPool { amount: Tokens(1) });
+    m.tick(TickInput {
+        commands,
+        ..cool(1)
+    });
+    (m, worker)
+}
+
 #[test]
 fn recycled_takings_come_back_to_the_useful_agent_that_paid_them() {
     // One agent wins every slot it bids for at the reserve (0.15 JOULE) and claims work, with
     // no pool to speak of: without recycling it pays 0.15 JOULE a tick for nothing; with it,
     // what it pays comes back as bounties, a few seconds late.
     let run = |recycle| {
-        let mut m = pool_market(recycle, MilliWatts(0));
-        let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 200_000);
-        commands.push(Command::FundBountyPool { amount: Tokens(1) });
-        m.tick(TickInput {
-            commands,
-            ..cool(1)
-        });
+        let (mut m, worker) = bidding_worker(recycle, MilliWatts(0));
         work(&mut m, worker, 2, 5_000);
         let held: u64 = [
             Account::HouseEnergy,
@@ -1011,13 +1018,7 @@ fn recycled_takings_come_back_to_the_useful_agent_that_paid_them() {
 
 #[test]
 fn the_grant_pays_for_useful_work_only_while_work_is_claimed() {
-    let mut m = pool_market(true, MilliWatts(15_000));
-    let (worker, mut commands) = admit_funded(&mut m, 1_000_000_000, 200_000);
-    commands.push(Command::FundBountyPool { amount: Tokens(1) });
-    m.tick(TickInput {
-        commands,
-        ..cool(1)
-    });
+    let (mut m, worker) = bidding_worker(true, MilliWatts(15_000));
     let minted = m.minted().0;
     work(&mut m, worker, 2, 5_000);
     // 15 W for 50 s is 750 JOULE, minted once a second as the work goes on, and paid out to
