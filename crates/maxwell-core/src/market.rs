@@ -1056,12 +1056,8 @@ impl Market {
     /// What one unit of verified work earns now, in thousandths of a micro-token (so 128_000
     /// is the default cap of 128 micro-JOULE).
     pub fn bounty_rate_milli(&self) -> u64 {
-        let cap = self.config.bounty_per_unit.0.saturating_mul(1_000);
-        if self.work_rate == 0 {
-            return cap;
-        }
-        let rate = self.payout_budget().saturating_mul(1_000) / self.work_rate;
-        u64::try_from(rate).unwrap_or(u64::MAX).min(cap)
+        // What 1,000 units earn, in micro-tokens, is one unit's rate in thousandths.
+        self.bounty_now(1_000).0
     }
 
     /// Moves everything the house accounts hold into the bounty pool

@@ -341,9 +341,7 @@ impl Engine {
     /// Checks a top-up of the bounty pool (signature, the sponsor's nonce, room in the books),
     /// makes the nonce durable and queues the top-up for the next tick.
     fn accept_pool_funding(&mut self, req: &FundRequest, tick: u64) -> Result<(), ApiError> {
-        if self.sponsors.is_none() {
-            self.sponsors = Some(load_sponsors(&self.data)?);
-        }
+        self.load_sponsors_once()?;
         let last = self
             .sponsors
             .as_ref()
@@ -351,13 +349,7 @@ impl Engine {
             .unwrap_or(0);
         crate::sign::check_pool_fund(req, &self.shared.node_key, last)
             .map_err(|m| ApiError::new(403, m))?;
-        let queued: u64 = self
-            .fundings
-            .iter()
-            .map(|f| f.amount.0)
-            .chain(self.pool_fundings.iter().map(|f| f.0.0))
-            .sum();
-        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        let room = self.mint_room();
         if req.amount > room {
             return Err(ApiError::new(
                 400,
@@ -385,6 +377,25 @@ impl Engine {
                 req.amount, req.owner
             ),
         );
+        Ok(())
+    }
+
+    /// What the books can still mint beyond every funding and top-up already queued.
+    fn mint_room(&self) -> Tokens {
+        let queued: u64 = self
+            .fundings
+            .iter()
+            .map(|f| f.amount.0)
+            .chain(self.pool_fundings.iter().map(|f| f.0.0))
+            .fold(0, u64::saturating_add);
+        Tokens(self.node.market().mintable().0.saturating_sub(queued))
+    }
+
+    /// Reads `sponsors.json` the first time the pool's sponsors are needed.
+    fn load_sponsors_once(&mut self) -> Result<(), ApiError> {
+        if self.sponsors.is_none() {
+            self.sponsors = Some(load_sponsors(&self.data)?);
+        }
         Ok(())
     }
 
@@ -588,16 +599,10 @@ impl Engine {
                 return;
             }
             Op::Pool(sponsor, reply) => {
-                if self.sponsors.is_none() {
-                    match load_sponsors(&self.data) {
-                        Ok(m) => self.sponsors = Some(m),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                let _ = reply.send(Ok(self.pool_view(sponsor.as_deref())));
+                let r = self
+                    .load_sponsors_once()
+                    .map(|()| self.pool_view(sponsor.as_deref()));
+                let _ = reply.send(r);
                 return;
             }
             Op::Wallet(name, reply) => {
@@ -628,8 +633,7 @@ impl Engine {
                 "amount must be at least 1 micro-JOULE (e.g. \"10 JOULE\")",
             ));
         }
-        let queued: u64 = self.fundings.iter().map(|f| f.amount.0).sum();
-        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        let room = self.mint_room();
         if req.amount > room {
             return Err(ApiError::new(
                 400,
@@ -792,8 +796,7 @@ impl Engine {
                 ),
             ));
         }
-        let queued: u64 = self.fundings.iter().map(|f| f.amount.0).sum();
-        let room = Tokens(self.node.market().mintable().0.saturating_sub(queued));
+        let room = self.mint_room();
         if funds > room {
             return Err(ApiError::new(
                 400,
