@@ -88,27 +88,38 @@ impl PageSampler {
         self.digest(&[0u8; CHUNK])
     }
 
-    fn draw(&mut self, memory: &[u8]) -> (usize, u64) {
+    fn draw(&mut self, read: &mut impl FnMut(usize, &mut [u8]), buf: &mut [u8]) -> (usize, u64) {
         let page = (splitmix(&mut self.rng) % self.pages as u64) as usize;
-        (page, self.digest(&memory[page * CHUNK..(page + 1) * CHUNK]))
+        read(page, buf);
+        (page, self.digest(buf))
     }
 
     /// Observes memory now; returns the estimated bytes erased since the previous observation
     /// (zero on the first).
     pub fn observe(&mut self, memory: &[u8]) -> Bytes {
-        let pages = memory.len() / CHUNK;
+        self.observe_pages(memory.len() / CHUNK, |page, buf| {
+            buf.copy_from_slice(&memory[page * CHUNK..(page + 1) * CHUNK]);
+        })
+    }
+
+    /// [`PageSampler::observe`] of a memory of `pages` pages that is read a page at a time:
+    /// `read(page, buf)` fills `buf` ([`CHUNK`] bytes) with that page (the microVM backend
+    /// reads the guest's RAM from its memfd this way, never mapping all of it).
+    pub fn observe_pages(&mut self, pages: usize, mut read: impl FnMut(usize, &mut [u8])) -> Bytes {
         if pages == 0 {
             self.slots.clear();
             self.pages = 0;
             return Bytes(0);
         }
+        let mut buf = vec![0u8; CHUNK];
         let zero = self.zero_digest();
         let mut changed = 0u64;
         let mut valid = 0u64;
         for &(page, old) in &self.slots {
             if page < pages {
                 valid += 1;
-                let now = self.digest(&memory[page * CHUNK..(page + 1) * CHUNK]);
+                read(page, &mut buf);
+                let now = self.digest(&buf);
                 if now != old && old != zero {
                     changed += 1;
                 }
@@ -122,16 +133,18 @@ impl PageSampler {
         };
         if pages != self.pages || self.slots.len() != self.watched {
             self.pages = pages;
-            self.slots = (0..self.watched).map(|_| self.draw(memory)).collect();
+            self.slots = (0..self.watched)
+                .map(|_| self.draw(&mut read, &mut buf))
+                .collect();
         } else {
             for i in 0..self.slots.len() {
-                self.slots[i].1 =
-                    self.digest(&memory[self.slots[i].0 * CHUNK..(self.slots[i].0 + 1) * CHUNK]);
+                read(self.slots[i].0, &mut buf);
+                self.slots[i].1 = self.digest(&buf);
             }
             let n = self.slots.len();
             for _ in 0..n.div_ceil(4) {
                 let i = (splitmix(&mut self.rng) % n as u64) as usize;
-                self.slots[i] = self.draw(memory);
+                self.slots[i] = self.draw(&mut read, &mut buf);
             }
         }
         Bytes(estimate)

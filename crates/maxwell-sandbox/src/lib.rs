@@ -29,6 +29,7 @@ use maxwell_core::work::PrimeClaim;
 use maxwell_core::{Bytes, Nanos, Tokens};
 
 pub mod erasure;
+pub mod microvm;
 pub mod process;
 pub mod wasm;
 

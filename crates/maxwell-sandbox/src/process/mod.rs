@@ -65,7 +65,7 @@ use crate::{
 
 mod cgroup;
 pub mod testing;
-mod wire;
+pub(crate) mod wire;
 
 use cgroup::{AgentCgroups, Plan, V2Caps, Via};
 
@@ -535,7 +535,7 @@ fn private_home(dir: &Path, uid: u32) -> Result<(), SandboxError> {
 }
 
 /// Gives `path` to `uid` (and the gid of the same number) with `mode`.
-fn hand_over(path: &Path, uid: u32, mode: u32) -> Result<(), SandboxError> {
+pub(crate) fn hand_over(path: &Path, uid: u32, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     nix::unistd::chown(
         path,

@@ -11,7 +11,7 @@ use std::io::{BufReader, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ pub(crate) struct Endpoint {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<UnixStream>>>,
+    accepted: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -51,17 +52,29 @@ impl Endpoint {
             .map_err(|e| SandboxError::io("making the listener non-blocking", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
-        let (s, c, n) = (stop.clone(), current.clone(), name.to_string());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (s, c, n, a) = (
+            stop.clone(),
+            current.clone(),
+            name.to_string(),
+            accepted.clone(),
+        );
         let thread = thread::Builder::new()
             .name(format!("maxwell-wire-{name}"))
-            .spawn(move || serve(&listener, &s, &c, &n, &mailbox))
+            .spawn(move || serve(&listener, &s, &c, &a, &n, &mailbox))
             .map_err(|e| SandboxError::io("starting the protocol thread", e))?;
         Ok(Endpoint {
             path: path.to_path_buf(),
             stop,
             current,
+            accepted,
             thread: Some(thread),
         })
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The socket's path.
@@ -106,6 +119,7 @@ fn serve(
     listener: &UnixListener,
     stop: &AtomicBool,
     current: &Mutex<Option<UnixStream>>,
+    accepted: &AtomicU64,
     name: &str,
     mailbox: &Mailbox,
 ) {
@@ -117,6 +131,7 @@ fn serve(
                 continue;
             }
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let Ok(clone) = stream.try_clone() else {
             continue;
         };

@@ -1,0 +1,876 @@
+//! MicroVM agents: each agent is a Linux guest with its own kernel, run by a VMM.
+//!
+//! Two VMMs sit behind one small interface ([`Vmm`]: pause, resume, quit):
+//!
+//! - **QEMU** (`-M microvm`), which also runs where hardware virtualization does not (its TCG
+//!   emulator): QMP on a Unix socket for `stop`/`cont`/`quit`, guest RAM in a memfd
+//!   (`memory-backend-memfd`, shared, so the vhost-user device and the host's erasure sampler
+//!   can read it), and vsock through `vhost-user-vsock-device` served by `vhost-device-vsock`.
+//! - **Firecracker** ([`firecracker`]), for KVM hosts: its HTTP API on a Unix socket, started
+//!   under its jailer; vsock is its own device.
+//!
+//! Both VMMs speak the same host-side vsock protocol: a guest's connection to the host's port
+//! `P` arrives on the Unix socket `<uds>_P`, and the host reaches a guest's port with
+//! `CONNECT P` on `<uds>` ([`vsock::connect`]). The guest's init (`maxwell-guest-init`, crate
+//! `maxwell-guest`) connects to port [`AGENT_PORT`] at boot and relays the agent program's
+//! protocol lines over it; on the host that socket is served by the same code as a native
+//! agent's ([`crate::process`]'s `wire`), so a guest is held to docs/protocol.md exactly as a
+//! native agent is.
+//!
+//! **Containment.** The VMM and its vsock device run as a process agent of [`ProcessSandbox`]:
+//! in the agent's own cgroups (memory: the guest's RAM plus [`VMM_OVERHEAD`]; pids; one CPU),
+//! as the agent's unprivileged uid without capabilities, QEMU with `-sandbox on` (seccomp: no
+//! spawning, no privilege changes). Killing the agent kills the whole cgroup and removes its
+//! home directory with every socket, log and image in it.
+//!
+//! **Metering.** CPU is the run time of the VMM's vCPU threads (`/proc/<pid>/task/*/schedstat`
+//! of the threads QEMU names `CPU n/TCG` or `CPU n/KVM`); resident memory is what the guest
+//! has touched of its RAM (the memfd's allocated blocks); erased bytes are sampled from the
+//! guest's RAM by the host with [`PageSampler`], as the wasm backend does for linear memory, so
+//! a guest cannot under-report its erasure.
+//!
+//! **Acceleration.** [`probe::probe`] decides once per process whether hardware virtualization
+//! works here; without it guests run under TCG (see docs/microvm.md for what that costs).
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use maxwell_core::{Bytes, Nanos, Tokens};
+use serde::Serialize;
+
+use crate::erasure::{CHUNK, PageSampler};
+use crate::process::{ProcessAgent, ProcessSandbox, hand_over, wire};
+use crate::{
+    Agent, AgentSpec, Exit, ExitReason, Limits, Mailbox, Message, Program, Sandbox, SandboxError,
+    Status, Usage, check_name,
+};
+
+pub mod firecracker;
+pub mod image;
+pub mod probe;
+pub mod qmp;
+pub mod vsock;
+
+use probe::Accel;
+
+/// The vsock port the guest init connects to for the agent protocol.
+pub const AGENT_PORT: u32 = 1024;
+/// Memory a VMM needs beyond the guest's RAM (QEMU's code, TCG's translation cache, the vsock
+/// device), added to the agent's cgroup limit.
+pub const VMM_OVERHEAD: Bytes = Bytes(192 << 20);
+/// The vsock context id of guests (each guest has its own device, so all can use the same).
+pub const GUEST_CID: u32 = 3;
+
+/// One VMM controlling one guest.
+pub trait Vmm: Send + std::fmt::Debug {
+    /// `qemu` or `firecracker`.
+    fn kind(&self) -> &'static str;
+    /// Stops the guest's vCPUs; returns once they are stopped.
+    fn pause(&mut self) -> Result<(), SandboxError>;
+    /// Lets the guest's vCPUs run.
+    fn resume(&mut self) -> Result<(), SandboxError>;
+}
+
+/// Which VMM to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmChoice {
+    /// QEMU's microvm machine (KVM where it works, else TCG).
+    Qemu,
+    /// Firecracker (needs working KVM).
+    Firecracker,
+}
+
+/// Where the microVM backend's parts are and how guests are sized.
+#[derive(Debug, Clone)]
+pub struct MicrovmConfig {
+    /// The guest kernel (an uncompressed or bzImage `vmlinuz`).
+    pub kernel: PathBuf,
+    /// The kernel's module tree (`lib/modules/<version>`), if its virtio-mmio and vsock
+    /// drivers are modules.
+    pub modules: Option<PathBuf>,
+    /// The guest init (`maxwell-guest-init`, linked statically).
+    pub init: PathBuf,
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock`.
+    pub vhost_vsock: PathBuf,
+    /// The guest's RAM.
+    pub guest_memory: Bytes,
+    /// How long a guest may take from spawn to its init's first vsock connection.
+    pub boot_timeout: Duration,
+    /// How long a pause or resume may wait on the VMM before it counts as failed.
+    pub api_timeout: Duration,
+    /// The accelerator (from [`probe::probe`] unless set).
+    pub accel: Accel,
+    /// Why that accelerator.
+    pub accel_reason: String,
+}
+
+/// Looks for `name` in `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The directories a build's artifacts are under: every ancestor of the running executable
+/// (`target/release/maxwell`, `target/debug/deps/<test>`), so that a source checkout finds
+/// `target/guest` and `target/x86_64-unknown-linux-gnu/release` without configuration.
+fn near_exe(rel: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+}
+
+/// Where the statically linked guest programs (`maxwell-guest-init`, the built-in agents) are:
+/// `MAXWELL_GUEST_BIN`, else `target/x86_64-unknown-linux-gnu/release` near the executable
+/// (where `scripts/build-guest` puts them).
+pub fn guest_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("MAXWELL_GUEST_BIN")
+        .map(PathBuf::from)
+        .or_else(|| near_exe("x86_64-unknown-linux-gnu/release"))
+}
+
+/// Finds the guest kernel under `dir` (`boot/vmlinuz-*`, as `dpkg -x` of a Debian kernel
+/// package leaves it) and its module tree (`lib/modules/<version>`).
+pub fn find_kernel(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let mut kernels: Vec<PathBuf> = fs::read_dir(dir.join("boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop()?;
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_string();
+    let modules = dir.join("lib/modules").join(version);
+    Some((kernel, modules.is_dir().then_some(modules)))
+}
+
+fn missing(what: &str, fix: &str) -> SandboxError {
+    SandboxError::Unavailable(format!(
+        "the microvm backend needs {what}, which is missing: {fix} (docs/microvm.md; or use the \
+         wasm backend, which needs nothing)"
+    ))
+}
+
+impl MicrovmConfig {
+    /// Finds every part, saying what is missing and how to get it: the guest kernel under
+    /// `MAXWELL_GUEST_DIR` (else `target/guest` near the executable), the guest init in
+    /// [`guest_bin_dir`], `qemu-system-x86_64` and `vhost-device-vsock` in `PATH`.
+    pub fn discover() -> Result<MicrovmConfig, SandboxError> {
+        let guest = std::env::var_os("MAXWELL_GUEST_DIR")
+            .map(PathBuf::from)
+            .or_else(|| near_exe("guest"));
+        let (kernel, modules) = guest.as_deref().and_then(find_kernel).ok_or_else(|| {
+            missing(
+                "a guest kernel (boot/vmlinuz-* under MAXWELL_GUEST_DIR or target/guest)",
+                "run .ci/microvm-deps, which unpacks Debian's linux-image-cloud-amd64 into \
+                 target/guest",
+            )
+        })?;
+        let init = guest_bin_dir()
+            .map(|d| d.join("maxwell-guest-init"))
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                missing(
+                    "the guest init maxwell-guest-init, linked statically",
+                    "run scripts/build-guest (or set MAXWELL_GUEST_BIN to where it is)",
+                )
+            })?;
+        let qemu = which("qemu-system-x86_64")
+            .ok_or_else(|| missing("qemu-system-x86_64", "apt-get install qemu-system-x86"))?;
+        let vhost_vsock = which("vhost-device-vsock").ok_or_else(|| {
+            missing(
+                "vhost-device-vsock",
+                "cargo install vhost-device-vsock --version 0.3.0",
+            )
+        })?;
+        let p = probe::probe();
+        Ok(MicrovmConfig {
+            kernel,
+            modules,
+            init,
+            qemu,
+            vhost_vsock,
+            guest_memory: Bytes(128 << 20),
+            boot_timeout: Duration::from_secs(60),
+            api_timeout: Duration::from_millis(500),
+            accel: p.accel,
+            accel_reason: p.reason.clone(),
+        })
+    }
+}
+
+/// Whether an ELF executable is linked statically (has no `PT_INTERP`): a guest image has no
+/// libraries, so its programs must be.
+pub fn is_static(elf: &[u8]) -> Result<bool, String> {
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err("not a 64-bit little-endian ELF executable".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&elf[32..40]);
+    let phoff = u64::from_le_bytes(b) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if at + 4 > elf.len() {
+            return Err("truncated program headers".into());
+        }
+        let mut t = [0u8; 4];
+        t.copy_from_slice(&elf[at..at + 4]);
+        if u32::from_le_bytes(t) == 3 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The microVM backend.
+#[derive(Debug, Clone)]
+pub struct MicrovmSandbox {
+    config: Arc<MicrovmConfig>,
+    process: ProcessSandbox,
+}
+
+/// Runs the vsock device in the background, waits for its socket, then execs QEMU: both in
+/// the agent's cgroups as its uid. `$1` is vhost-device-vsock; the rest is QEMU's command.
+const VM_SCRIPT: &str = r#"v=$1; shift; "$v" --vm guest-cid=3,socket=vhost.sock,uds-path=vsock.sock >vsock.log 2>&1 & i=0; while [ ! -S vhost.sock ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; exec "$@" >vmm.log 2>&1"#;
+
+impl MicrovmSandbox {
+    /// The backend with `config`; needs the process backend (root, cgroups) for containment.
+    pub fn new(config: MicrovmConfig) -> Result<MicrovmSandbox, SandboxError> {
+        let process = ProcessSandbox::new().map_err(|e| {
+            SandboxError::Unavailable(format!(
+                "the microvm backend contains each VMM as a process agent: {e}"
+            ))
+        })?;
+        Ok(MicrovmSandbox {
+            config: Arc::new(config),
+            process,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &MicrovmConfig {
+        &self.config
+    }
+
+    /// Which VMM and accelerator guests get, and why, in words.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "QEMU microvm ({}) with accel {} because {}; kernel {}; vsock through {}",
+            c.qemu.display(),
+            c.accel.name(),
+            c.accel_reason,
+            c.kernel.display(),
+            c.vhost_vsock.display()
+        )
+    }
+
+    /// [`Sandbox::spawn`] with the concrete type: boots the guest and returns it paused once
+    /// its init has connected.
+    pub fn spawn_vm(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+        check_name(&spec.name)?;
+        let Program::Native { path, args } = &spec.program else {
+            return Err(SandboxError::InvalidSpec(format!(
+                "agent {}: the microvm backend runs native programs (linked statically) in a \
+                 guest; run WASM modules with the wasm backend",
+                spec.name
+            )));
+        };
+        let bytes = fs::read(path)
+            .map_err(|e| SandboxError::InvalidSpec(format!("{}: {e}", path.display())))?;
+        match is_static(&bytes) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "{} is linked dynamically, and a guest image has no libraries: build it \
+                     statically (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build \
+                     --target x86_64-unknown-linux-gnu; scripts/build-guest does this for the \
+                     built-in agents)",
+                    path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "{}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let c = &self.config;
+        let img = image::build(&image::ImageSpec {
+            init: c.init.clone(),
+            agent: path.clone(),
+            args: args.clone(),
+            modules: c.modules.clone().map(|m| {
+                (
+                    m,
+                    image::GUEST_MODULES.iter().map(|s| s.to_string()).collect(),
+                )
+            }),
+        })?;
+        let guest_mib = c.guest_memory.0 >> 20;
+        let tsc = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|i| probe::tsc_khz(&i));
+        let mut append = format!(
+            "console=ttyS0 panic=-1 reboot=t quiet maxwell.agent={} maxwell.port={AGENT_PORT}",
+            spec.name
+        );
+        if let Some(khz) = tsc {
+            let _ = write!(append, " tsc_early_khz={khz}");
+        }
+        let accel = match c.accel {
+            Accel::Kvm => "kvm".to_string(),
+            // A 64 MiB translation cache (TCG's default is sized to the host's RAM).
+            Accel::Tcg => "tcg,tb-size=64".to_string(),
+        };
+        let cpu = match c.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        };
+        let mut argv: Vec<String> = vec![
+            "-c".into(),
+            VM_SCRIPT.into(),
+            "maxwell-vm".into(),
+            // A copy in the home directory: the agent's uid may not reach where it was
+            // installed (`cargo install` puts it under /root/.cargo/bin).
+            "./vhost-device-vsock".into(),
+            c.qemu.display().to_string(),
+        ];
+        argv.extend(
+            [
+                "-name",
+                &format!("{},debug-threads=on", spec.name),
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-no-reboot",
+                "-M",
+                "microvm,x-option-roms=off,memory-backend=mem",
+                "-accel",
+                &accel,
+                "-cpu",
+                cpu,
+                "-smp",
+                "1",
+                "-m",
+                &format!("{guest_mib}M"),
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={guest_mib}M,share=on"),
+                "-kernel",
+                "vmlinuz",
+                "-initrd",
+                "initrd.cpio",
+                "-append",
+                &append,
+                "-serial",
+                "file:console.log",
+                "-chardev",
+                "socket,id=vhu,path=vhost.sock",
+                "-device",
+                "vhost-user-vsock-device,chardev=vhu",
+                "-qmp",
+                "unix:qmp.sock,server=on,wait=off",
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ]
+            .map(str::to_string),
+        );
+        let proc_spec = AgentSpec {
+            name: spec.name.clone(),
+            program: Program::Native {
+                path: PathBuf::from("/bin/sh"),
+                args: argv,
+            },
+            limits: Limits {
+                memory_max: Bytes(c.guest_memory.0 + VMM_OVERHEAD.0),
+                pids_max: spec.limits.pids_max.max(64),
+            },
+        };
+        // Starts frozen: the home directory is filled before the VMM runs.
+        let mut vm = self.process.spawn_process(&proc_spec)?;
+        let home = vm.home().to_path_buf();
+        let uid = vm.uid();
+        let prepared = (|| {
+            let put = |name: &str, data: &[u8]| {
+                let p = home.join(name);
+                fs::write(&p, data)
+                    .map_err(|e| SandboxError::io(format!("writing {}", p.display()), e))?;
+                hand_over(&p, uid, 0o400)
+            };
+            put("initrd.cpio", &img)?;
+            let kernel = fs::read(&c.kernel).map_err(|e| {
+                SandboxError::io(format!("reading the kernel {}", c.kernel.display()), e)
+            })?;
+            put("vmlinuz", &kernel)?;
+            let vhost = fs::read(&c.vhost_vsock)
+                .map_err(|e| SandboxError::io(format!("reading {}", c.vhost_vsock.display()), e))?;
+            put("vhost-device-vsock", &vhost)?;
+            hand_over(&home.join("vhost-device-vsock"), uid, 0o500)?;
+            let mailbox = Arc::new(Mailbox::default());
+            let endpoint = wire::Endpoint::start(
+                &home.join(format!("vsock.sock_{AGENT_PORT}")),
+                &spec.name,
+                mailbox.clone(),
+            )?;
+            hand_over(endpoint.path(), uid, 0o600)?;
+            Ok::<_, SandboxError>((mailbox, endpoint))
+        })();
+        let (mailbox, endpoint) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                vm.kill("the microVM could not be prepared");
+                return Err(e);
+            }
+        };
+        let mut agent = MicrovmAgent {
+            name: spec.name.clone(),
+            vmm: None,
+            vm,
+            endpoint,
+            mailbox,
+            memfd: None,
+            sampler: PageSampler::new(crate::erasure::DEFAULT_WATCHED, seed()),
+            last_cpu: 0,
+            paused: false,
+            exit: None,
+            boot: Duration::ZERO,
+            api_timeout: c.api_timeout,
+            last_words: None,
+        };
+        let started = Instant::now();
+        if let Err(e) = agent.boot(c.boot_timeout) {
+            let tail = match &agent.last_words {
+                Some((_, t)) => t.clone(),
+                None => agent.console_tail(),
+            };
+            agent.kill("the guest did not boot");
+            return Err(match e {
+                SandboxError::Timeout { .. } => SandboxError::Unavailable(format!(
+                    "agent {}: the guest's init did not connect over vsock within {:?} (accel \
+                     {}); its console ends: {tail}",
+                    spec.name,
+                    c.boot_timeout,
+                    c.accel.name()
+                )),
+                other => other,
+            });
+        }
+        agent.boot = started.elapsed();
+        Ok(agent)
+    }
+}
+
+/// A per-agent secret for the erasure sampler: the guest must not know which pages are watched.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(f) = File::open("/dev/urandom") {
+        let _ = f.read_at(&mut b, 0);
+    }
+    u64::from_le_bytes(b)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Sandbox for MicrovmSandbox {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
+        Ok(Box::new(self.spawn_vm(spec)?))
+    }
+}
+
+/// QEMU driven over QMP.
+#[derive(Debug)]
+pub struct Qemu {
+    qmp: qmp::Qmp,
+    timeout: Duration,
+}
+
+impl Vmm for Qemu {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+    fn pause(&mut self) -> Result<(), SandboxError> {
+        self.qmp.execute("stop", None, self.timeout).map(drop)
+    }
+    fn resume(&mut self) -> Result<(), SandboxError> {
+        self.qmp.execute("cont", None, self.timeout).map(drop)
+    }
+}
+
+/// One guest.
+#[derive(Debug)]
+pub struct MicrovmAgent {
+    name: String,
+    vmm: Option<Box<dyn Vmm>>,
+    vm: ProcessAgent,
+    endpoint: wire::Endpoint,
+    mailbox: Arc<Mailbox>,
+    memfd: Option<File>,
+    sampler: PageSampler,
+    last_cpu: u64,
+    paused: bool,
+    exit: Option<Exit>,
+    boot: Duration,
+    api_timeout: Duration,
+    /// What the console said when the VMM was seen gone: the agent's reported exit code and
+    /// the console's last line.
+    last_words: Option<(Option<i32>, String)>,
+}
+
+/// The run time of `pid`'s threads whose names start with `CPU ` (QEMU's vCPU threads with
+/// `debug-threads=on`), in nanoseconds, from `schedstat`.
+fn vcpu_ns(pid: u32) -> Result<u64, SandboxError> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = fs::read_dir(&dir).map_err(|e| SandboxError::io(format!("listing {dir}"), e))?;
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let p = t.path();
+        let Ok(comm) = fs::read_to_string(p.join("comm")) else {
+            continue; // the thread ended between the listing and the read
+        };
+        if !(comm.starts_with("CPU ") || comm.starts_with("fc_vcpu")) {
+            continue;
+        }
+        if let Ok(s) = fs::read_to_string(p.join("schedstat"))
+            && let Some(ns) = s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    Ok(total)
+}
+
+/// The guest RAM's memfd among `pid`'s open files.
+fn find_memfd(pid: u32) -> Option<File> {
+    let dir = format!("/proc/{pid}/fd");
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        if fs::read_link(e.path())
+            .ok()
+            .is_some_and(|l| l.to_string_lossy().starts_with("/memfd:mem"))
+        {
+            return File::open(e.path()).ok();
+        }
+    }
+    None
+}
+
+impl MicrovmAgent {
+    /// How long the guest took from spawn to its init's first connection.
+    pub fn boot_time(&self) -> Duration {
+        self.boot
+    }
+
+    /// The VMM's process (its pid).
+    pub fn vmm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// Every process of the VM (the VMM and its vsock device).
+    pub fn pids(&self) -> Vec<i32> {
+        self.vm.pids()
+    }
+
+    /// The VM's home directory (sockets, image, console log), removed on kill.
+    pub fn home(&self) -> &Path {
+        self.vm.home()
+    }
+
+    /// The VM's cgroups.
+    pub fn cgroups(&self) -> &[PathBuf] {
+        self.vm.cgroups()
+    }
+
+    fn boot(&mut self, wait: Duration) -> Result<(), SandboxError> {
+        self.vm.resume()?;
+        let deadline = Instant::now() + wait;
+        let qmp_path = self.vm.home().join("qmp.sock");
+        while !qmp_path.exists() {
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout {
+                    name: self.name.clone(),
+                    what: "QEMU's start",
+                });
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let q = qmp::Qmp::connect(
+            &qmp_path,
+            deadline.saturating_duration_since(Instant::now()),
+        )?;
+        self.vmm = Some(Box::new(Qemu {
+            qmp: q,
+            timeout: self.api_timeout,
+        }));
+        while self.endpoint.accepted() == 0 {
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout {
+                    name: self.name.clone(),
+                    what: "the guest's boot",
+                });
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        self.memfd = find_memfd(self.vm.pid());
+        self.pause()?;
+        // Boot is the operator's cost, not the agent's.
+        self.last_cpu = vcpu_ns(self.vm.pid())?;
+        Ok(())
+    }
+
+    fn check_alive(&mut self) -> Result<(), SandboxError> {
+        match self.status() {
+            Status::Exited(e) => Err(SandboxError::Exited {
+                name: self.name.clone(),
+                detail: e.detail,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The last line of the guest's console, or else of the VMM's own output (for error
+    /// messages).
+    fn console_tail(&self) -> String {
+        let home = self.vm.home();
+        let mut text = fs::read(home.join("console.log")).unwrap_or_default();
+        if text.iter().all(u8::is_ascii_whitespace) {
+            text = fs::read(home.join("vmm.log")).unwrap_or_default();
+        }
+        let text = String::from_utf8_lossy(&text);
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(nothing)")
+            .chars()
+            .take(300)
+            .collect()
+    }
+
+    /// What the console says of the agent's end: `Some(code)` if the init reported it.
+    fn reported_exit(&self) -> Option<i32> {
+        let text = fs::read(self.vm.home().join("console.log")).ok()?;
+        let text = String::from_utf8_lossy(&text);
+        text.lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("maxwell-guest: agent exited "))
+            .and_then(|c| c.trim().parse().ok())
+    }
+
+    fn ended(&mut self, vm_exit: Exit) -> Exit {
+        if let Some(e) = &self.exit {
+            return e.clone();
+        }
+        let (reported, tail) = self
+            .last_words
+            .take()
+            .unwrap_or_else(|| (self.reported_exit(), self.console_tail()));
+        let exit = match (vm_exit.reason.clone(), reported) {
+            (ExitReason::MemoryLimit | ExitReason::Killed, _) => vm_exit,
+            (_, Some(0)) => Exit {
+                reason: ExitReason::Finished,
+                detail: "the agent exited with code 0 and the guest shut down".into(),
+            },
+            (_, Some(code)) => Exit {
+                reason: ExitReason::Crashed,
+                detail: format!("the agent exited with code {code} and the guest shut down"),
+            },
+            (_, None) => Exit {
+                reason: ExitReason::Crashed,
+                detail: format!(
+                    "the VMM ended without the guest's init reporting the agent's end ({}); \
+                     console: {}",
+                    vm_exit.detail, tail
+                ),
+            },
+        };
+        self.endpoint.stop();
+        self.vmm = None;
+        self.memfd = None;
+        self.exit = Some(exit.clone());
+        exit
+    }
+
+    fn exited_error(&self) -> SandboxError {
+        SandboxError::Exited {
+            name: self.name.clone(),
+            detail: self
+                .exit
+                .as_ref()
+                .map_or_else(String::new, |e| e.detail.clone()),
+        }
+    }
+
+    fn vmm_call(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut dyn Vmm) -> Result<(), SandboxError>,
+    ) -> Result<(), SandboxError> {
+        if let Status::Exited(_) = self.status() {
+            return Err(self.exited_error());
+        }
+        let Some(vmm) = self.vmm.as_deref_mut() else {
+            return Err(SandboxError::Unavailable(format!(
+                "agent {}: no VMM connection for {what}",
+                self.name
+            )));
+        };
+        f(vmm)
+    }
+}
+
+impl Agent for MicrovmAgent {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn resume(&mut self) -> Result<(), SandboxError> {
+        self.vmm_call("resume", |v| v.resume())?;
+        self.paused = false;
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), SandboxError> {
+        self.vmm_call("pause", |v| v.pause())?;
+        self.paused = true;
+        Ok(())
+    }
+
+    fn kill(&mut self, reason: &str) -> Exit {
+        if let Some(e) = &self.exit {
+            return e.clone();
+        }
+        let e = self.vm.kill(reason);
+        let detail = format!("{reason} ({})", e.detail);
+        self.ended(Exit {
+            reason: ExitReason::Killed,
+            detail,
+        })
+    }
+
+    fn usage(&mut self) -> Result<Usage, SandboxError> {
+        if self.exit.is_some() {
+            return Err(self.exited_error());
+        }
+        let cpu = vcpu_ns(self.vm.pid())?;
+        let mut u = Usage {
+            cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
+            ..Usage::default()
+        };
+        self.last_cpu = self.last_cpu.max(cpu);
+        if let Some(f) = &self.memfd {
+            let meta = f
+                .metadata()
+                .map_err(|e| SandboxError::io("reading the guest RAM's size", e))?;
+            u.resident = Bytes(meta.blocks() * 512);
+            let pages = (meta.len() as usize) / CHUNK;
+            let mut failed = None;
+            u.erased = self.sampler.observe_pages(pages, |page, buf| {
+                if let Err(e) = f.read_exact_at(buf, (page * CHUNK) as u64) {
+                    buf.fill(0);
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(SandboxError::io("sampling the guest's RAM", e));
+            }
+        }
+        Ok(u)
+    }
+
+    fn drain(&mut self) -> Vec<Message> {
+        self.mailbox.drain()
+    }
+
+    fn inform(&self, balance: Tokens, price: Tokens) {
+        self.mailbox.inform(balance, price);
+    }
+
+    fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    fn status(&mut self) -> Status {
+        if let Some(e) = &self.exit {
+            return Status::Exited(e.clone());
+        }
+        // The process backend removes the home directory (and the console log in it) as it
+        // reaps the VMM: read the guest's last words first.
+        let pid = self.vm.pid();
+        if self.last_words.is_none() && !crate::process::testing::alive(pid as i32) {
+            self.last_words = Some((self.reported_exit(), self.console_tail()));
+        }
+        match self.vm.status() {
+            Status::Exited(e) => Status::Exited(self.ended(e)),
+            _ if self.paused => Status::Paused,
+            _ => Status::Running,
+        }
+    }
+}
+
+impl Drop for MicrovmAgent {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill("dropped by the daemon");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are linked dynamically.
+        assert_eq!(is_static(&me), Ok(false));
+        assert!(is_static(b"#!/bin/sh\n").is_err());
+    }
+
+    #[test]
+    fn a_kernel_tree_is_found_as_dpkg_leaves_it() {
+        let d = std::env::temp_dir().join(format!("maxwell-kernel-{}", std::process::id()));
+        fs::create_dir_all(d.join("boot")).unwrap();
+        fs::create_dir_all(d.join("lib/modules/6.1.0-9-cloud-amd64")).unwrap();
+        fs::write(d.join("boot/vmlinuz-6.1.0-9-cloud-amd64"), "").unwrap();
+        fs::write(d.join("boot/config-6.1.0-9-cloud-amd64"), "").unwrap();
+        let (k, m) = find_kernel(&d).unwrap();
+        assert!(k.ends_with("boot/vmlinuz-6.1.0-9-cloud-amd64"));
+        assert!(m.unwrap().ends_with("lib/modules/6.1.0-9-cloud-amd64"));
+        assert!(find_kernel(&d.join("nothing")).is_none());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

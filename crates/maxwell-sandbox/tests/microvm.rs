@@ -1,0 +1,282 @@
+//! MicroVM agents end to end: real guests under QEMU (KVM where hardware virtualization works,
+//! else TCG), the guest init relaying the agent protocol over vhost-user vsock, and hostile
+//! guests. Needs root, QEMU, vhost-device-vsock, a guest kernel and the static guest programs
+//! (`.ci/microvm-deps` installs and builds them all); without them each test prints a skip line
+//! and returns, unless `MAXWELL_REQUIRE_MICROVM_TESTS=1`, when it fails.
+//!
+//! After every test no process of the VM may be alive and no cgroup or home directory left.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use maxwell_sandbox::microvm::{MicrovmAgent, MicrovmConfig, MicrovmSandbox, guest_bin_dir};
+use maxwell_sandbox::process::testing::alive;
+use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Limits, Message, Program, Status};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn required() -> bool {
+    std::env::var("MAXWELL_REQUIRE_MICROVM_TESTS").as_deref() == Ok("1")
+}
+
+fn setup() -> Option<(MutexGuard<'static, ()>, MicrovmSandbox, PathBuf)> {
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let made = MicrovmConfig::discover().and_then(MicrovmSandbox::new);
+    let bins = guest_bin_dir().filter(|d| d.join("hostile").is_file());
+    match (made, bins) {
+        (Ok(s), Some(b)) => {
+            eprintln!("microvm: {}", s.describe());
+            Some((guard, s, b))
+        }
+        (r, b) => {
+            let why = match (r, b) {
+                (Err(e), _) => e.to_string(),
+                (_, None) => {
+                    "the static guest programs are missing (run scripts/build-guest)".to_string()
+                }
+                _ => unreachable!(),
+            };
+            assert!(
+                !required(),
+                "MAXWELL_REQUIRE_MICROVM_TESTS=1 but microVMs cannot run here: {why}"
+            );
+            eprintln!("SKIP: microVM agents cannot run here: {why}");
+            None
+        }
+    }
+}
+
+fn spec(bins: &std::path::Path, name: &str, program: &str, args: &[&str]) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        program: Program::Native {
+            path: bins.join(program),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        },
+        limits: Limits::default(),
+    }
+}
+
+/// What must be gone once the VM is.
+struct Left {
+    pids: Vec<i32>,
+    dirs: Vec<PathBuf>,
+}
+
+fn watch(a: &MicrovmAgent) -> Left {
+    let mut dirs = a.cgroups().to_vec();
+    dirs.push(a.home().to_path_buf());
+    let mut pids = a.pids();
+    pids.push(a.vmm_pid() as i32);
+    Left { pids, dirs }
+}
+
+fn check(left: &Left) {
+    for &p in &left.pids {
+        assert!(!alive(p), "process {p} of the VM is still alive");
+    }
+    for d in &left.dirs {
+        assert!(!d.exists(), "{} was left behind", d.display());
+    }
+    assert!(
+        left.pids.len() >= 2,
+        "the VMM and its vsock device: {:?}",
+        left.pids
+    );
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+#[test]
+fn a_scientist_in_a_guest_claims_work_pauses_and_leaves_nothing() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let mut a = sb
+        .spawn_vm(&spec(&bins, "vm-sci", "scientist", &[]))
+        .unwrap();
+    eprintln!("boot: {:?}", a.boot_time());
+    let left = watch(&a);
+    assert_eq!(a.status(), Status::Paused);
+    a.mailbox()
+        .give_work((0..64u64).map(|i| (i * 10_000, (i + 1) * 10_000)));
+    a.inform(maxwell_core::Tokens(1_000_000), maxwell_core::Tokens(10));
+    a.usage().unwrap();
+    a.resume().unwrap();
+    let mut claims = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            claims += a
+                .drain()
+                .iter()
+                .filter(|m| matches!(m, Message::Claim(_)))
+                .count();
+            claims >= 3
+        }),
+        "the guest's scientist made {claims} claims"
+    );
+    let running = a.usage().unwrap();
+    assert!(
+        running.cpu.0 > 10_000_000,
+        "vCPU time while running: {running:?}"
+    );
+    assert!(
+        running.resident.0 > 1 << 20,
+        "guest RAM touched: {running:?}"
+    );
+
+    // Paused, the guest's vCPU does not run.
+    a.pause().unwrap();
+    a.usage().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let paused = a.usage().unwrap();
+    assert!(
+        paused.cpu.0 < 5_000_000,
+        "vCPU time while paused: {paused:?}"
+    );
+    a.drain();
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        a.drain().iter().all(|m| !matches!(m, Message::Claim(_))),
+        "a paused guest made claims"
+    );
+
+    let (mut p, mut r) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let t = Instant::now();
+        a.resume().unwrap();
+        r.push(t.elapsed());
+        thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        a.pause().unwrap();
+        p.push(t.elapsed());
+    }
+    eprintln!(
+        "QMP pause p50 {:?} p99 {:?}; resume p50 {:?} p99 {:?}",
+        pct(&mut p, 50),
+        pct(&mut p, 99),
+        pct(&mut r, 50),
+        pct(&mut r, 99)
+    );
+    let e = a.kill("test over");
+    assert_eq!(e.reason, ExitReason::Killed);
+    drop(a);
+    check(&left);
+}
+
+fn hostile(sb: &MicrovmSandbox, bins: &std::path::Path, mode: &str) -> (MicrovmAgent, Left) {
+    let a = sb
+        .spawn_vm(&spec(
+            bins,
+            &format!("vm-{mode}"),
+            "hostile",
+            &["--mode", mode],
+        ))
+        .unwrap();
+    let left = watch(&a);
+    (a, left)
+}
+
+#[test]
+fn a_guest_that_sends_garbage_is_reported_and_its_host_keeps_serving() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let (mut a, left) = hostile(&sb, &bins, "garbage");
+    a.resume().unwrap();
+    let mut violations = 0;
+    assert!(wait_until(Duration::from_secs(20), || {
+        violations += a
+            .drain()
+            .iter()
+            .filter(|m| matches!(m, Message::Violation(_)))
+            .count();
+        violations >= 3
+    }));
+    assert!(matches!(a.status(), Status::Running));
+    a.pause().unwrap();
+    a.kill("violations");
+    drop(a);
+    check(&left);
+}
+
+#[test]
+fn a_guest_that_floods_the_vsock_fills_only_its_own_bounded_mailbox() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let (mut a, left) = hostile(&sb, &bins, "flood");
+    a.resume().unwrap();
+    thread::sleep(Duration::from_secs(3));
+    // Pausing still works while the guest writes as fast as it can.
+    let t = Instant::now();
+    a.pause().unwrap();
+    let took = t.elapsed();
+    let got = a.drain();
+    assert!(
+        got.len() <= maxwell_sandbox::MAX_PENDING + 2,
+        "{} messages",
+        got.len()
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "pause under a flood took {took:?}"
+    );
+    a.kill("flood");
+    drop(a);
+    check(&left);
+}
+
+#[test]
+fn a_guest_that_crashes_its_kernel_or_exits_ends_only_that_agent() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let (mut quiet, quiet_left) = hostile(&sb, &bins, "silent");
+    for (mode, detail) in [
+        ("crash-kernel", "without the guest's init"),
+        ("exit", "code 3"),
+    ] {
+        let (mut a, left) = hostile(&sb, &bins, mode);
+        a.resume().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(30), || matches!(
+                a.status(),
+                Status::Exited(_)
+            )),
+            "{mode}: the guest is still up"
+        );
+        let Status::Exited(e) = a.status() else {
+            unreachable!()
+        };
+        assert_eq!(e.reason, ExitReason::Crashed, "{mode}: {e:?}");
+        assert!(e.detail.contains(detail), "{mode}: {e:?}");
+        assert!(a.resume().is_err());
+        drop(a);
+        check(&left);
+    }
+    // The silent one, which never said a word, is still there and still pauses.
+    quiet.resume().unwrap();
+    quiet.pause().unwrap();
+    assert_eq!(quiet.status(), Status::Paused);
+    drop(quiet);
+    check(&quiet_left);
+}
