@@ -62,6 +62,30 @@ fn pure_cgroup2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// The shared libraries `binary` loads (none for a static build, such as Firecracker's musl
+/// releases), from `ldd`.
+pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, SandboxError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| SandboxError::io("running ldd (package libc-bin)", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(parse_ldd(&text))
+}
+
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
 impl Firecracker {
     /// Starts `binary` for VM `id` in `dir` (direct) or under `jail`, and connects to its API.
     pub fn launch(
@@ -77,10 +101,27 @@ impl Firecracker {
                 let api = dir.join("firecracker.socket");
                 let mut c = Command::new(binary);
                 c.arg("--id").arg(id).arg("--api-sock").arg(&api);
+                c.current_dir(dir);
                 (c, dir.to_path_buf(), api, Vec::new())
             }
             Some(j) => {
                 let root = j.chroot_base.join("firecracker").join(id).join("root");
+                std::fs::create_dir_all(&j.chroot_base).map_err(|e| {
+                    SandboxError::io(format!("creating {}", j.chroot_base.display()), e)
+                })?;
+                // The jailer copies only the binary into the chroot: a glibc build (as the one
+                // built from source for this machine) also needs its libraries there.
+                for lib in libraries(binary)? {
+                    let to = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            SandboxError::io(format!("creating {}", parent.display()), e)
+                        })?;
+                    }
+                    std::fs::copy(&lib, &to).map_err(|e| {
+                        SandboxError::io(format!("copying {} into the jail", lib.display()), e)
+                    })?;
+                }
                 let mut c = Command::new(&j.jailer);
                 let v2 = pure_cgroup2();
                 c.args(["--id", id, "--exec-file"])
@@ -109,7 +150,7 @@ impl Firecracker {
                         )));
                     }
                 }
-                c.args(["--", "--id", id]);
+                c.arg("--");
                 let api = root.join("run/firecracker.socket");
                 (c, root, api, cgroups)
             }
@@ -339,6 +380,25 @@ impl Vmm for Firecracker {
     }
     fn resume(&mut self) -> Result<(), SandboxError> {
         self.ok("PATCH", "/vm", json!({ "state": "Resumed" }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_names_the_libraries() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        assert_eq!(
+            parse_ldd(text),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
     }
 }
 
