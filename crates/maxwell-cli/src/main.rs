@@ -13,6 +13,7 @@ mod daemon_bench;
 mod daemon_cli;
 mod experiment;
 mod ledger;
+mod microvm_cli;
 mod sandbox_bench;
 mod sensors;
 mod simulate;
@@ -99,6 +100,9 @@ enum Command {
     Simulate(SimulateArgs),
     /// Show which energy and temperature sources this machine has, which is used, and why.
     Sensors(sensors::SensorsArgs),
+    /// MicroVM agents: whether they can run here (`check`), guest images (`image`).
+    #[command(subcommand)]
+    Microvm(microvm_cli::MicrovmCommand),
     /// Work with single auctions.
     #[command(subcommand)]
     Auction(AuctionCommand),
@@ -173,6 +177,8 @@ enum BenchCommand {
     Ledger(ledger::LedgerBenchArgs),
     /// The daemon's CPU, tick lateness and memory with 100 idle WASM agents.
     Daemon(daemon_bench::DaemonBenchArgs),
+    /// MicroVM spawn: boot time of guests (and kill time), p50/p99.
+    Spawn(microvm_cli::SpawnBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -216,6 +222,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Work(a)) => sandbox_bench::work(&a),
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
+        Command::Bench(BenchCommand::Spawn(a)) => microvm_cli::spawn_bench(&a),
+        Command::Microvm(c) => microvm_cli::run(&c),
         Command::Soak(a) => soak::run(&a),
         Command::CrashTest(a) => crash::run(&a),
         Command::Ledger(c) => ledger::run(&c),

@@ -18,7 +18,8 @@ tick = "10ms"
 # token read from token_file (created with a random token, mode 0600, if absent).
 # tcp = "127.0.0.1:7117"
 # token_file = "/etc/maxwell/token"
-# Agents' sandbox: "wasm" (no root needed) or "process" (cgroups; root).
+# Agents' sandbox: "wasm" (no root needed), "process" (cgroups; root) or "microvm" (a guest
+# kernel per agent under QEMU or Firecracker; root; see docs/microvm.md).
 backend = "wasm"
 
 [market]
@@ -99,6 +100,8 @@ pub enum Backend {
     Wasm,
     /// Native processes in cgroups.
     Process,
+    /// Native programs (linked statically) in microVMs: QEMU, or Firecracker on KVM hosts.
+    Microvm,
 }
 
 /// `[market]`.

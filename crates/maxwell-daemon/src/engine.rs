@@ -175,12 +175,15 @@ const IDLE_WAT: &str = r#"(module
   (data (i32.const 0) "idle")
   (func (export "run") (call $log (i32.const 0) (i32.const 4)) (loop $l (br $l))))"#;
 
-/// Turns a program reference into a sandbox spec; errors are 4xx messages.
+/// Turns a program reference into a sandbox spec; errors are 4xx messages. `native_builtins`
+/// is where the built-in agents' native programs are, for backends that run native programs
+/// (the microvm backend's statically linked ones); without it built-ins are WASM modules.
 pub fn spec_of(
     name: &str,
     program: &ProgramRef,
     memory_max: maxwell_core::Bytes,
     pids_max: u32,
+    native_builtins: Option<&std::path::Path>,
 ) -> Result<AgentSpec, ApiError> {
     let given = [
         program.builtin.is_some(),
@@ -197,7 +200,31 @@ pub fn spec_of(
              wasm (a module's path) or native (an executable's path)",
         ));
     }
-    let program = if let Some(b) = &program.builtin {
+    let program = if let (Some(b), Some(dir)) = (&program.builtin, native_builtins) {
+        if !["scientist", "leech", "squatter", "liar"].contains(&b.as_str()) {
+            return Err(ApiError::new(
+                422,
+                format!(
+                    "no native built-in agent {b:?}; choose scientist, leech, squatter or liar"
+                ),
+            ));
+        }
+        let path = dir.join(b);
+        if !path.is_file() {
+            return Err(ApiError::new(
+                503,
+                format!(
+                    "the built-in {b} is not built for guests: {} is missing; run \
+                     scripts/build-guest",
+                    path.display()
+                ),
+            ));
+        }
+        Program::Native {
+            path,
+            args: program.args.clone(),
+        }
+    } else if let Some(b) = &program.builtin {
         let wat: String = match b.as_str() {
             "scientist" => maxwell_agents::SCIENTIST_WAT.into(),
             "leech" => maxwell_agents::LEECH_WAT.into(),

@@ -112,10 +112,19 @@ async fn spawn_agent(
     // the API's workers, never on the tick thread.
     let sandbox = app.sandbox.clone();
     let (name, program) = (req.name.clone(), req.program.clone());
-    let memory_max = req.memory_max.unwrap_or(app.config.agents.memory_max);
+    let memory_max = req
+        .memory_max
+        .unwrap_or_else(|| default_memory(&app.config));
     let pids_max = app.config.agents.pids_max;
+    let backend = app.config.backend;
     let agent = tokio::task::spawn_blocking(move || {
-        let spec = engine::spec_of(&name, &program, memory_max, pids_max)?;
+        let spec = engine::spec_of(
+            &name,
+            &program,
+            memory_max,
+            pids_max,
+            native_builtins(backend).as_deref(),
+        )?;
         sandbox
             .spawn(&spec)
             .map_err(|e| ApiError::new(422, format!("cannot start {name}: {e}")))
@@ -325,8 +334,41 @@ async fn bearer(State(token): State<Arc<String>>, req: Request, next: Next) -> R
     }
 }
 
+/// The memory limit of an agent whose request names none: the config's, and for a microVM
+/// (where it is the guest's RAM) at least what a guest kernel boots in.
+fn default_memory(config: &Config) -> maxwell_core::Bytes {
+    match config.backend {
+        Backend::Microvm => maxwell_core::Bytes(
+            config
+                .agents
+                .memory_max
+                .0
+                .max(maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY.0),
+        ),
+        Backend::Wasm | Backend::Process => config.agents.memory_max,
+    }
+}
+
+/// Where a backend that runs native programs finds the built-in agents.
+fn native_builtins(backend: Backend) -> Option<PathBuf> {
+    match backend {
+        Backend::Microvm => maxwell_sandbox::microvm::guest_bin_dir(),
+        Backend::Wasm | Backend::Process => None,
+    }
+}
+
 fn open_sandbox(backend: Backend) -> anyhow::Result<Arc<dyn Sandbox>> {
     Ok(match backend {
+        Backend::Microvm => {
+            use maxwell_sandbox::microvm::{MicrovmConfig, MicrovmSandbox};
+            let sb = MicrovmConfig::discover()
+                .and_then(MicrovmSandbox::new)
+                .map_err(|e| {
+                    anyhow::anyhow!("{e}; set backend = \"wasm\" in the config to run without it")
+                })?;
+            tracing::info!(vmm = %sb.describe(), "microvm backend");
+            Arc::new(sb)
+        }
         Backend::Wasm => Arc::new(maxwell_sandbox::wasm::WasmSandbox::new()?),
         Backend::Process => {
             let sb = maxwell_sandbox::process::ProcessSandbox::new().map_err(|e| {
@@ -416,6 +458,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let backend = match config.backend {
         Backend::Wasm => "wasm",
         Backend::Process => "process",
+        Backend::Microvm => "microvm",
     }
     .to_owned();
     let mut node = if fresh && roster.is_empty() {
@@ -435,6 +478,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 &r.program,
                 r.memory_max,
                 config.agents.pids_max,
+                native_builtins(config.backend).as_deref(),
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {

@@ -96,15 +96,23 @@ pub(crate) enum Backend {
     Wasm,
     /// Native programs in cgroups (needs root).
     Process,
+    /// Native programs, linked statically, each in its own microVM (needs root, QEMU or
+    /// Firecracker; docs/microvm.md).
+    Microvm,
 }
 
 impl Backend {
-    /// `wasm` or `process`.
+    /// `wasm`, `process` or `microvm`.
     pub(super) fn name(self) -> &'static str {
         match self {
             Backend::Wasm => "wasm",
             Backend::Process => "process",
+            Backend::Microvm => "microvm",
         }
+    }
+
+    fn native(self) -> bool {
+        matches!(self, Backend::Process | Backend::Microvm)
     }
 }
 
@@ -316,13 +324,18 @@ fn agents_dir() -> anyhow::Result<PathBuf> {
 pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<Vec<Member>> {
     let mut out = Vec::new();
     let mut missing = BTreeSet::new();
+    let builtins = planned
+        .iter()
+        .any(|p| matches!(p.source, Source::Builtin { .. }));
     let dir = match backend {
-        Backend::Process
-            if planned
-                .iter()
-                .any(|p| matches!(p.source, Source::Builtin { .. })) =>
-        {
-            Some(agents_dir()?)
+        Backend::Process if builtins => Some(agents_dir()?),
+        Backend::Microvm if builtins => {
+            Some(maxwell_sandbox::microvm::guest_bin_dir().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--backend microvm runs the built-in agents linked statically, and they \
+                     are not built: run scripts/build-guest (or set MAXWELL_GUEST_BIN)"
+                )
+            })?)
         }
         _ => None,
     };
@@ -352,7 +365,7 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
                 p.origin,
                 p.name
             ),
-            (Backend::Process, Source::Builtin { kind }) => {
+            (Backend::Process | Backend::Microvm, Source::Builtin { kind }) => {
                 let path = dir.clone().unwrap_or_default().join(kind.program());
                 if !path.is_file() {
                     missing.insert(kind.program());
@@ -362,16 +375,20 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
                     args: Vec::new(),
                 }
             }
-            (Backend::Process, Source::Native { path, args }) => Program::Native {
-                path: path.clone(),
-                args: args.clone(),
-            },
-            (Backend::Process, Source::Wasm(_)) => anyhow::bail!(
-                "{}: agent {:?} is a wasm module, which the process backend cannot run; use \
+            (Backend::Process | Backend::Microvm, Source::Native { path, args }) => {
+                Program::Native {
+                    path: path.clone(),
+                    args: args.clone(),
+                }
+            }
+            (b, Source::Wasm(_)) if b.native() => anyhow::bail!(
+                "{}: agent {:?} is a wasm module, which the {} backend cannot run; use \
                  --backend wasm",
                 p.origin,
-                p.name
+                p.name,
+                b.name()
             ),
+            (_, Source::Wasm(_)) => unreachable!("wasm modules run on the wasm backend"),
         };
         let limits = match backend {
             Backend::Wasm => Limits {
@@ -381,6 +398,11 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
             Backend::Process => Limits {
                 memory_max: Bytes(128 << 20),
                 pids_max: 8,
+            },
+            // The guest's RAM (the VMM's own needs are added by the backend).
+            Backend::Microvm => Limits {
+                memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
+                pids_max: 64,
             },
         };
         out.push(Member {
@@ -394,9 +416,14 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
         });
     }
     if !missing.is_empty() {
+        let build = match backend {
+            Backend::Microvm => "scripts/build-guest",
+            _ => "cargo build --release -p maxwell-agents",
+        };
         anyhow::bail!(
-            "the process backend runs the native agent programs, expected next to this program \
-             in {}: {} not found; build them with: cargo build --release -p maxwell-agents",
+            "the {} backend runs the native agent programs, expected in {}: {} not found; \
+             build them with: {build}",
+            backend.name(),
             dir.unwrap_or_default().display(),
             missing.into_iter().collect::<Vec<_>>().join(", ")
         );

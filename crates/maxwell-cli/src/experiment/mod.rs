@@ -36,6 +36,7 @@ use serde::Serialize;
 use maxwell_core::Nanos;
 use maxwell_physics::{ModelParams, Physics};
 use maxwell_sandbox::Sandbox;
+use maxwell_sandbox::microvm::{MicrovmConfig, MicrovmSandbox};
 use maxwell_sandbox::process::ProcessSandbox;
 use maxwell_sandbox::wasm::WasmSandbox;
 
@@ -59,8 +60,10 @@ pub(crate) struct ExperimentArgs {
     /// The agents, from a TOML file instead of the default roster (see docs/experiment.md).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["scientists", "leeches"])]
     manifest: Option<PathBuf>,
-    /// The sandbox of every arm: wasm (WAT/WASM modules, no privilege) or process (native
-    /// programs in cgroups; needs root; the builtin agents' programs must sit next to this one).
+    /// The sandbox of every arm: wasm (WAT/WASM modules, no privilege), process (native
+    /// programs in cgroups; needs root; the builtin agents' programs must sit next to this one)
+    /// or microvm (each agent in its own guest under QEMU or Firecracker; needs root and
+    /// scripts/build-guest; docs/microvm.md).
     #[arg(long, value_enum, default_value = "wasm")]
     backend: Backend,
     /// Repeat the three arms this many times; ratios get a 95% interval from two runs on.
@@ -226,6 +229,8 @@ enum Sandboxes {
     Wasm,
     /// One process sandbox (it owns the `maxwell-<pid>` parent cgroups), shared.
     Process(ProcessSandbox),
+    /// One microVM sandbox (over one process sandbox), shared.
+    Microvm(MicrovmSandbox),
 }
 
 impl Sandboxes {
@@ -233,6 +238,7 @@ impl Sandboxes {
         Ok(match self {
             Sandboxes::Wasm => Box::new(WasmSandbox::new()?),
             Sandboxes::Process(p) => Box::new(p.clone()),
+            Sandboxes::Microvm(m) => Box::new(m.clone()),
         })
     }
 }
@@ -276,6 +282,15 @@ pub(crate) fn run(a: &ExperimentArgs) -> anyhow::Result<Exit> {
         Backend::Process => Sandboxes::Process(
             ProcessSandbox::new().map_err(|e| anyhow::anyhow!("--backend process: {e}"))?,
         ),
+        Backend::Microvm => {
+            let m = MicrovmConfig::discover()
+                .and_then(MicrovmSandbox::new)
+                .map_err(|e| anyhow::anyhow!("--backend microvm: {e}"))?;
+            if !a.json {
+                eprintln!("microvm: {}", m.describe());
+            }
+            Sandboxes::Microvm(m)
+        }
     };
     let probe = Physics::open(Path::new("/"), ModelParams::default());
     let source = probe.energy_source().clone();

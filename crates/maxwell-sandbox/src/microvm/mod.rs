@@ -63,6 +63,12 @@ pub const AGENT_PORT: u32 = 1024;
 /// Memory a VMM needs beyond the guest's RAM (QEMU's code, TCG's translation cache, the vsock
 /// device), added to the agent's cgroup limit.
 pub const VMM_OVERHEAD: Bytes = Bytes(192 << 20);
+/// The least RAM a guest may have: Debian's cloud kernel does not get past decompressing
+/// itself in 64 MiB (measured), and boots in 96.
+pub const MIN_GUEST_MEMORY: Bytes = Bytes(96 << 20);
+/// The guest RAM the daemon gives a microVM agent when neither the request nor the config
+/// says more.
+pub const DEFAULT_GUEST_MEMORY: Bytes = Bytes(128 << 20);
 /// The vsock context id of guests (each guest has its own device, so all can use the same).
 pub const GUEST_CID: u32 = 3;
 
@@ -100,8 +106,6 @@ pub struct MicrovmConfig {
     pub qemu: PathBuf,
     /// `vhost-device-vsock`.
     pub vhost_vsock: PathBuf,
-    /// The guest's RAM.
-    pub guest_memory: Bytes,
     /// How long a guest may take from spawn to its init's first vsock connection.
     pub boot_timeout: Duration,
     /// How long a pause or resume may wait on the VMM before it counts as failed.
@@ -212,7 +216,6 @@ impl MicrovmConfig {
             init,
             qemu,
             vhost_vsock,
-            guest_memory: Bytes(128 << 20),
             boot_timeout: Duration::from_secs(60),
             api_timeout: Duration::from_millis(500),
             accel: p.accel,
@@ -320,6 +323,15 @@ impl MicrovmSandbox {
                 )));
             }
         }
+        if spec.limits.memory_max.0 < MIN_GUEST_MEMORY.0 {
+            return Err(SandboxError::InvalidSpec(format!(
+                "agent {}: memory_max {} bytes is the guest's RAM, and a guest needs at least {} \
+                 MiB",
+                spec.name,
+                spec.limits.memory_max.0,
+                MIN_GUEST_MEMORY.0 >> 20
+            )));
+        }
         let c = &self.config;
         let img = image::build(&image::ImageSpec {
             init: c.init.clone(),
@@ -332,7 +344,8 @@ impl MicrovmSandbox {
                 )
             }),
         })?;
-        let guest_mib = c.guest_memory.0 >> 20;
+        // The agent's memory limit is the guest's RAM; the VMM's own needs come on top.
+        let guest_mib = spec.limits.memory_max.0 >> 20;
         let tsc = fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|i| probe::tsc_khz(&i));
@@ -407,7 +420,7 @@ impl MicrovmSandbox {
                 args: argv,
             },
             limits: Limits {
-                memory_max: Bytes(c.guest_memory.0 + VMM_OVERHEAD.0),
+                memory_max: Bytes((guest_mib << 20) + VMM_OVERHEAD.0),
                 pids_max: spec.limits.pids_max.max(64),
             },
         };

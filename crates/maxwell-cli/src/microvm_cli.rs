@@ -1,0 +1,272 @@
+//! `maxwell microvm check`, `maxwell microvm image` and `maxwell bench spawn`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use maxwell_sandbox::microvm::image::{GUEST_MODULES, ImageSpec, build};
+use maxwell_sandbox::microvm::{MicrovmConfig, MicrovmSandbox, guest_bin_dir, probe, which};
+use maxwell_sandbox::{Agent, AgentSpec, Limits, Program};
+
+use crate::{Exit, write_out};
+
+/// `maxwell microvm ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MicrovmCommand {
+    /// Whether microVM agents can run here: hardware virtualization (probed), the VMM and
+    /// accelerator chosen and why, and every part found or missing with how to get it.
+    Check(CheckArgs),
+    /// Builds a guest initramfs (reproducibly) from the guest init and a statically linked
+    /// agent program, and prints its size and SHA-256.
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImageArgs {
+    /// The agent program (linked statically).
+    #[arg(long)]
+    agent: PathBuf,
+    /// Where to write the image.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// The agent's arguments.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Part {
+    part: &'static str,
+    found: Option<String>,
+    fix: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    accel: &'static str,
+    accel_reason: String,
+    vmm: &'static str,
+    parts: Vec<Part>,
+    ready: bool,
+    error: Option<String>,
+}
+
+fn shown(p: Option<PathBuf>) -> Option<String> {
+    p.map(|p| p.display().to_string())
+}
+
+pub(crate) fn run(c: &MicrovmCommand) -> anyhow::Result<Exit> {
+    match c {
+        MicrovmCommand::Check(a) => check(a),
+        MicrovmCommand::Image(a) => image(a),
+    }
+}
+
+fn check(a: &CheckArgs) -> anyhow::Result<Exit> {
+    let p = probe::probe();
+    let cfg = MicrovmConfig::discover();
+    let bins = guest_bin_dir();
+    let parts = vec![
+        Part {
+            part: "qemu-system-x86_64",
+            found: shown(which("qemu-system-x86_64")),
+            fix: "apt-get install qemu-system-x86",
+        },
+        Part {
+            part: "vhost-device-vsock",
+            found: shown(which("vhost-device-vsock")),
+            fix: "cargo install vhost-device-vsock --version 0.3.0",
+        },
+        Part {
+            part: "guest kernel",
+            found: cfg.as_ref().ok().map(|c| c.kernel.display().to_string()),
+            fix: ".ci/microvm-deps (Debian's linux-image-cloud-amd64, unpacked into target/guest), \
+                  or MAXWELL_GUEST_DIR",
+        },
+        Part {
+            part: "guest init (static)",
+            found: shown(
+                bins.as_ref()
+                    .map(|d| d.join("maxwell-guest-init"))
+                    .filter(|p| p.is_file()),
+            ),
+            fix: "scripts/build-guest, or MAXWELL_GUEST_BIN",
+        },
+        Part {
+            part: "built-in agents (static)",
+            found: shown(bins.filter(|d| d.join("scientist").is_file())),
+            fix: "scripts/build-guest",
+        },
+        Part {
+            part: "firecracker (KVM hosts)",
+            found: shown(which("firecracker")),
+            fix: "Firecracker's release binaries on a host with kvm_intel or kvm_amd",
+        },
+    ];
+    let error = match cfg.and_then(MicrovmSandbox::new) {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    let r = CheckReport {
+        accel: p.accel.name(),
+        accel_reason: p.reason.clone(),
+        vmm: "qemu",
+        ready: error.is_none(),
+        parts,
+        error,
+    };
+    if a.json {
+        write_out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
+    } else {
+        let mut s = format!(
+            "hardware virtualization: {} ({})\nVMM: QEMU microvm with accel {}\n",
+            if r.accel == "kvm" { "yes" } else { "no" },
+            r.accel_reason,
+            r.accel
+        );
+        for part in &r.parts {
+            s += &match &part.found {
+                Some(f) => format!("  ok       {:<26} {f}\n", part.part),
+                None => format!("  missing  {:<26} get it with: {}\n", part.part, part.fix),
+            };
+        }
+        s += &match &r.error {
+            None => "microVM agents can run here\n".to_string(),
+            Some(e) => format!("microVM agents cannot run here: {e}\n"),
+        };
+        write_out(&s)?;
+    }
+    Ok(if r.ready { Exit::Success } else { Exit::Failed })
+}
+
+fn image(a: &ImageArgs) -> anyhow::Result<Exit> {
+    let cfg = MicrovmConfig::discover()?;
+    let bytes = build(&ImageSpec {
+        init: cfg.init.clone(),
+        agent: a.agent.clone(),
+        args: a.args.clone(),
+        modules: cfg
+            .modules
+            .clone()
+            .map(|m| (m, GUEST_MODULES.iter().map(|s| s.to_string()).collect())),
+    })?;
+    std::fs::write(&a.out, &bytes)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.out.display()))?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    write_out(&format!(
+        "{}: {} bytes, sha256 {hex}\n",
+        a.out.display(),
+        bytes.len()
+    ))?;
+    Ok(Exit::Success)
+}
+
+/// `maxwell bench spawn`.
+#[derive(Debug, Args)]
+pub(crate) struct SpawnBenchArgs {
+    /// Guests to boot, one after another (each is killed once its init has connected).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..))]
+    count: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SpawnReport {
+    vmm: &'static str,
+    accel: &'static str,
+    count: u32,
+    boot_p50_ms: f64,
+    boot_p99_ms: f64,
+    boot_max_ms: f64,
+    kill_p50_ms: f64,
+    kill_max_ms: f64,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub(crate) fn spawn_bench(a: &SpawnBenchArgs) -> anyhow::Result<Exit> {
+    let cfg = MicrovmConfig::discover()?;
+    let accel = cfg.accel.name();
+    let sb = MicrovmSandbox::new(cfg)?;
+    if !a.json {
+        eprintln!("microvm: {}", sb.describe());
+    }
+    let sci = guest_bin_dir()
+        .map(|d| d.join("scientist"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!("the static scientist is not built: run scripts/build-guest")
+        })?;
+    let (mut boots, mut kills) = (Vec::new(), Vec::new());
+    for i in 0..a.count {
+        let t = Instant::now();
+        let mut vm = sb.spawn_vm(&AgentSpec {
+            name: format!("bench-spawn-{i}"),
+            program: Program::Native {
+                path: sci.clone(),
+                args: Vec::new(),
+            },
+            limits: Limits {
+                memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
+                pids_max: 64,
+            },
+        })?;
+        boots.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        vm.kill("benchmark");
+        kills.push(t.elapsed().as_secs_f64() * 1e3);
+        if !a.json {
+            eprint!("\r{} / {} guests", i + 1, a.count);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !a.json {
+        eprintln!();
+    }
+    boots.sort_by(f64::total_cmp);
+    kills.sort_by(f64::total_cmp);
+    let r = SpawnReport {
+        vmm: "qemu",
+        accel,
+        count: a.count,
+        boot_p50_ms: pct(&boots, 0.5),
+        boot_p99_ms: pct(&boots, 0.99),
+        boot_max_ms: boots.last().copied().unwrap_or(0.0),
+        kill_p50_ms: pct(&kills, 0.5),
+        kill_max_ms: kills.last().copied().unwrap_or(0.0),
+    };
+    if a.json {
+        write_out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
+    } else {
+        write_out(&format!(
+            "{} guests under {} ({}), from spawn to the init's vsock connection:\n\
+             boot: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms\n\
+             kill (everything removed): p50 {:.0} ms  max {:.0} ms\n",
+            r.count,
+            r.vmm,
+            r.accel,
+            r.boot_p50_ms,
+            r.boot_p99_ms,
+            r.boot_max_ms,
+            r.kill_p50_ms,
+            r.kill_max_ms
+        ))?;
+    }
+    Ok(Exit::Success)
+}
