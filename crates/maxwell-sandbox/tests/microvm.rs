@@ -13,7 +13,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use maxwell_sandbox::microvm::{MicrovmAgent, MicrovmConfig, MicrovmSandbox, guest_bin_dir};
+use maxwell_sandbox::microvm::{
+    MicrovmAgent, MicrovmConfig, MicrovmSandbox, PauseVia, guest_bin_dir,
+};
 use maxwell_sandbox::process::testing::alive;
 use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Limits, Message, Program, Status};
 
@@ -279,4 +281,65 @@ fn a_guest_that_crashes_its_kernel_or_exits_ends_only_that_agent() {
     assert_eq!(quiet.status(), Status::Paused);
     drop(quiet);
     check(&quiet_left);
+}
+
+/// Work done in 10 ms quanta (pause and resume each) against running straight through, in one
+/// run, paused by the freezer (the default) and by QMP: what slicing a guest into quanta costs.
+#[test]
+fn a_guest_sliced_into_quanta_keeps_most_of_its_throughput() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let mut a = sb.spawn_vm(&spec(&bins, "vm-slice", "scientist", &[])).unwrap();
+    a.mailbox()
+        .give_work((0..100_000u64).map(|i| (i * 10_000, (i + 1) * 10_000)));
+    let claims = |a: &mut MicrovmAgent| {
+        a.drain()
+            .iter()
+            .filter(|m| matches!(m, Message::Claim(_)))
+            .count()
+    };
+    // Warm up (TCG translates the guest's code once).
+    a.resume().unwrap();
+    thread::sleep(Duration::from_secs(2));
+    a.pause().unwrap();
+    claims(&mut a);
+    // Drained every 10 ms, as the daemon does: the mailbox holds at most MAX_PENDING.
+    let span = Duration::from_secs(4);
+    a.resume().unwrap();
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed() < span {
+        thread::sleep(Duration::from_millis(10));
+        n += claims(&mut a);
+    }
+    a.pause().unwrap();
+    let straight = (n + claims(&mut a)) as f64 / t.elapsed().as_secs_f64();
+    let sliced = |a: &mut MicrovmAgent| {
+        let t = Instant::now();
+        let mut ran = Duration::ZERO;
+        let mut n = 0;
+        while t.elapsed() < span * 2 {
+            let r = Instant::now();
+            a.resume().unwrap();
+            thread::sleep(Duration::from_millis(10));
+            a.pause().unwrap();
+            ran += r.elapsed();
+            n += claims(a);
+            thread::sleep(Duration::from_millis(10));
+        }
+        n as f64 / ran.as_secs_f64()
+    };
+    let freezer = sliced(&mut a);
+    a.set_pause_via(PauseVia::Vmm).unwrap();
+    let qmp = sliced(&mut a);
+    eprintln!(
+        "claims per second of running time: straight {straight:.1}; in 10 ms quanta paused by \
+         the freezer {freezer:.1}, by QMP stop/cont {qmp:.1}"
+    );
+    assert!(
+        freezer >= 0.4 * straight,
+        "the freezer's quanta kept {freezer:.1} of {straight:.1} claims/s"
+    );
+    drop(a);
 }

@@ -82,6 +82,20 @@ pub trait Vmm: Send + std::fmt::Debug {
     fn resume(&mut self) -> Result<(), SandboxError>;
 }
 
+/// How a guest is paused between quanta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseVia {
+    /// The freezer of the VM's cgroup (the VMM and its vsock device, atomically). The default
+    /// for QEMU: its `stop` changes the machine's run state, which stops and restarts every
+    /// vhost-user device (the vsock rings are torn down and set up again each quantum).
+    /// Measured here (TCG), a guest scientist made 283 claims per second running straight; in
+    /// 10 ms quanta, 231 per second of running time paused by the freezer and 113 by QMP.
+    Freezer,
+    /// The VMM's own API (QMP `stop`/`cont`, Firecracker's `PATCH /vm`).
+    Vmm,
+}
+
 /// Which VMM to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +124,8 @@ pub struct MicrovmConfig {
     pub boot_timeout: Duration,
     /// How long a pause or resume may wait on the VMM before it counts as failed.
     pub api_timeout: Duration,
+    /// How guests are paused between quanta.
+    pub pause: PauseVia,
     /// The accelerator (from [`probe::probe`] unless set).
     pub accel: Accel,
     /// Why that accelerator.
@@ -218,6 +234,7 @@ impl MicrovmConfig {
             vhost_vsock,
             boot_timeout: Duration::from_secs(60),
             api_timeout: Duration::from_millis(500),
+            pause: PauseVia::Freezer,
             accel: p.accel,
             accel_reason: p.reason.clone(),
         })
@@ -473,6 +490,7 @@ impl MicrovmSandbox {
             exit: None,
             boot: Duration::ZERO,
             api_timeout: c.api_timeout,
+            pause_via: c.pause,
             last_words: None,
         };
         let started = Instant::now();
@@ -554,6 +572,7 @@ pub struct MicrovmAgent {
     exit: Option<Exit>,
     boot: Duration,
     api_timeout: Duration,
+    pause_via: PauseVia,
     /// What the console said when the VMM was seen gone: the agent's reported exit code and
     /// the console's last line.
     last_words: Option<(Option<i32>, String)>,
@@ -600,6 +619,18 @@ fn find_memfd(pid: u32) -> Option<File> {
 }
 
 impl MicrovmAgent {
+    /// Pauses through the VMM's API and resumes the same way from now on, instead of the
+    /// freezer (for measuring both). The guest must be paused.
+    pub fn set_pause_via(&mut self, via: PauseVia) -> Result<(), SandboxError> {
+        if self.pause_via == via {
+            return Ok(());
+        }
+        // Hand the paused state from one mechanism to the other.
+        self.resume()?;
+        self.pause_via = via;
+        self.pause()
+    }
+
     /// How long the guest took from spawn to its init's first connection.
     pub fn boot_time(&self) -> Duration {
         self.boot
@@ -770,13 +801,29 @@ impl Agent for MicrovmAgent {
     }
 
     fn resume(&mut self) -> Result<(), SandboxError> {
-        self.vmm_call("resume", |v| v.resume())?;
+        match self.pause_via {
+            PauseVia::Vmm => self.vmm_call("resume", |v| v.resume())?,
+            PauseVia::Freezer => {
+                if let Status::Exited(_) = self.status() {
+                    return Err(self.exited_error());
+                }
+                self.vm.resume()?;
+            }
+        }
         self.paused = false;
         Ok(())
     }
 
     fn pause(&mut self) -> Result<(), SandboxError> {
-        self.vmm_call("pause", |v| v.pause())?;
+        match self.pause_via {
+            PauseVia::Vmm => self.vmm_call("pause", |v| v.pause())?,
+            PauseVia::Freezer => {
+                if let Status::Exited(_) = self.status() {
+                    return Err(self.exited_error());
+                }
+                self.vm.pause()?;
+            }
+        }
         self.paused = true;
         Ok(())
     }
