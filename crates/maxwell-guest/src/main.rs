@@ -17,6 +17,14 @@
 //!    reboots, which ends the VMM (QEMU runs with `-no-reboot`; Firecracker exits on a guest
 //!    reboot).
 //!
+//! **Snapshot templates.** With `maxwell.channel=serial` on the command line the agent's
+//! protocol runs over the virtio-serial port named `maxwell.agent` instead of vsock (QEMU
+//! cannot migrate, and so cannot snapshot, a VM with a vhost-user vsock device). The init then
+//! prints `maxwell-guest: ready` once booted and waits for the host to write
+//! `start <agent name>\n` on the port: the host snapshots the guest while it waits, and every
+//! VM restored from that snapshot starts its agent under the name the host gives it. One
+//! agent connection at a time is relayed over the port.
+//!
 //! It trusts nothing in the guest and the host trusts nothing it says: all it relays are the
 //! agent's protocol lines, which the host checks as it checks a native agent's.
 
@@ -27,6 +35,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -66,16 +75,20 @@ fn main() {
 struct Boot {
     agent: String,
     port: u32,
+    serial: bool,
 }
 
 fn parse_cmdline(cmdline: &str) -> Boot {
     let mut boot = Boot {
         agent: "agent".into(),
         port: DEFAULT_PORT,
+        serial: false,
     };
     for word in cmdline.split_whitespace() {
         if let Some(v) = word.strip_prefix("maxwell.agent=") {
             boot.agent = v.to_string();
+        } else if word == "maxwell.channel=serial" {
+            boot.serial = true;
         } else if let Some(v) = word.strip_prefix("maxwell.port=")
             && let Ok(p) = v.parse()
         {
@@ -195,17 +208,104 @@ fn serve(listener: UnixListener, first: File, port: u32) {
     }
 }
 
+/// The virtio-serial port named `maxwell.agent`, once the driver has made it.
+fn serial_port() -> Result<File, String> {
+    let deadline = Instant::now() + VSOCK_WAIT;
+    loop {
+        if let Ok(ports) = fs::read_dir("/sys/class/virtio-ports") {
+            for p in ports.flatten() {
+                let name = fs::read_to_string(p.path().join("name")).unwrap_or_default();
+                if name.trim() == "maxwell.agent" {
+                    let dev = format!("/dev/{}", p.file_name().to_string_lossy());
+                    return fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&dev)
+                        .map_err(|e| format!("opening {dev}: {e}"));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("no virtio-serial port named maxwell.agent".into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `start <name>\n` from the port, a byte at a time (what follows is the host's).
+fn wait_start(port: &mut File) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match port.read(&mut b) {
+            // No host on the other end yet: the port reads as closed until one connects.
+            Ok(0) => thread::sleep(Duration::from_millis(5)),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) if line.len() < 128 => line.push(b[0]),
+            Ok(_) => return Err("the host's start line is too long".into()),
+            Err(e) => return Err(format!("reading the start line: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    line.strip_prefix("start ")
+        .map(str::to_string)
+        .ok_or_else(|| format!("expected `start <name>` from the host, got {line:?}"))
+}
+
+/// Relays agent connections, one at a time, over the serial port.
+fn serve_serial(listener: UnixListener, port: File) {
+    let current: Arc<Mutex<Option<UnixStream>>> = Arc::default();
+    let (cur, mut from_host) = (current.clone(), port);
+    let Ok(mut to_host) = from_host.try_clone() else {
+        return;
+    };
+    thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from_host.read(&mut buf) {
+                Ok(0) => thread::sleep(Duration::from_millis(5)),
+                Ok(n) => {
+                    if let Ok(mut c) = cur.lock()
+                        && let Some(s) = c.as_mut()
+                        && s.write_all(&buf[..n]).is_err()
+                    {
+                        *c = None;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    for conn in listener.incoming() {
+        let Ok(agent) = conn else { continue };
+        let Ok(reader) = agent.try_clone() else {
+            continue;
+        };
+        if let Ok(mut c) = current.lock() {
+            *c = Some(agent);
+        }
+        pump(reader, &mut to_host, || {});
+    }
+}
+
 fn run() -> Result<i32, String> {
     mounts()?;
-    let boot = parse_cmdline(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let mut boot = parse_cmdline(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
     if let Ok(list) = fs::read_to_string("/modules.load") {
         load_modules(&list)?;
     }
-    let host = vsock_wait(boot.port)?;
     let listener = UnixListener::bind(AGENT_SOCKET)
         .map_err(|e| format!("listening on {AGENT_SOCKET}: {e}"))?;
-    let port = boot.port;
-    thread::spawn(move || serve(listener, host, port));
+    if boot.serial {
+        let mut port = serial_port()?;
+        println!("maxwell-guest: ready");
+        boot.agent = wait_start(&mut port)?;
+        thread::spawn(move || serve_serial(listener, port));
+    } else {
+        let host = vsock_wait(boot.port)?;
+        let port = boot.port;
+        thread::spawn(move || serve(listener, host, port));
+    }
     let args: Vec<String> = fs::read_to_string("/agent.args")
         .unwrap_or_default()
         .lines()
@@ -237,9 +337,11 @@ mod tests {
             parse_cmdline("console=ttyS0 maxwell.agent=sci-1 maxwell.port=2000 quiet"),
             Boot {
                 agent: "sci-1".into(),
-                port: 2000
+                port: 2000,
+                serial: false,
             }
         );
+        assert!(parse_cmdline("maxwell.channel=serial").serial);
         assert_eq!(parse_cmdline("maxwell.port=x").port, DEFAULT_PORT);
     }
 }

@@ -290,7 +290,9 @@ fn a_guest_sliced_into_quanta_keeps_most_of_its_throughput() {
     let Some((_g, sb, bins)) = setup() else {
         return;
     };
-    let mut a = sb.spawn_vm(&spec(&bins, "vm-slice", "scientist", &[])).unwrap();
+    let mut a = sb
+        .spawn_vm(&spec(&bins, "vm-slice", "scientist", &[]))
+        .unwrap();
     a.mailbox()
         .give_work((0..100_000u64).map(|i| (i * 10_000, (i + 1) * 10_000)));
     let claims = |a: &mut MicrovmAgent| {
@@ -342,4 +344,66 @@ fn a_guest_sliced_into_quanta_keeps_most_of_its_throughput() {
         "the freezer's quanta kept {freezer:.1} of {straight:.1} claims/s"
     );
     drop(a);
+}
+
+#[test]
+fn agents_restored_from_a_template_start_fast_and_work_under_their_own_names() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("maxwell-tpl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("scientist.state");
+    let saved = sb
+        .make_template(&spec(&bins, "sci", "scientist", &[]), &state)
+        .unwrap();
+    eprintln!(
+        "template saved in {saved:?}: {} bytes",
+        state.metadata().unwrap().len()
+    );
+    let mut took = Vec::new();
+    for i in 0..3 {
+        let t = Instant::now();
+        let mut a = sb
+            .spawn_restored(&spec(&bins, &format!("vm-r{i}"), "scientist", &[]), &state)
+            .unwrap();
+        took.push(t.elapsed());
+        let left = watch(&a);
+        assert_eq!(a.status(), Status::Paused);
+        a.mailbox()
+            .give_work((0..64u64).map(|k| (k * 10_000, (k + 1) * 10_000)));
+        a.resume().unwrap();
+        let mut claims = 0;
+        let mut hello = false;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                for m in a.drain() {
+                    match m {
+                        Message::Claim(_) => claims += 1,
+                        // The guest's agent speaks under the name the host gave it.
+                        Message::Violation(v) => panic!("restored guest: {v}"),
+                        Message::Log(_) => hello = true,
+                        _ => {}
+                    }
+                }
+                claims >= 3
+            }),
+            "restored guest {i} made {claims} claims"
+        );
+        assert!(hello);
+        a.kill("test over");
+        drop(a);
+        check_restored(&left);
+    }
+    eprintln!("restore to a paused agent: {took:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn check_restored(left: &Left) {
+    for &p in &left.pids {
+        assert!(!alive(p), "process {p} of the VM is still alive");
+    }
+    for d in &left.dirs {
+        assert!(!d.exists(), "{} was left behind", d.display());
+    }
 }

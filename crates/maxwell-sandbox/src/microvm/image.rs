@@ -16,8 +16,13 @@ use std::path::{Path, PathBuf};
 use crate::SandboxError;
 
 /// The modules a guest needs for virtio-mmio (the microvm machine's and Firecracker's
-/// transport) and vsock, where the kernel builds them as modules (Debian's cloud kernel does).
-pub const GUEST_MODULES: [&str; 2] = ["virtio_mmio", "vmw_vsock_virtio_transport"];
+/// transport), vsock and virtio-serial (the channel of snapshot templates), where the kernel
+/// builds them as modules (Debian's cloud kernel does).
+pub const GUEST_MODULES: [&str; 3] = [
+    "virtio_mmio",
+    "vmw_vsock_virtio_transport",
+    "virtio_console",
+];
 
 /// What goes into an image.
 #[derive(Debug, Clone)]

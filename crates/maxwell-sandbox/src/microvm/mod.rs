@@ -80,6 +80,18 @@ pub trait Vmm: Send + std::fmt::Debug {
     fn pause(&mut self) -> Result<(), SandboxError>;
     /// Lets the guest's vCPUs run.
     fn resume(&mut self) -> Result<(), SandboxError>;
+    /// A QMP command, for QEMU (snapshots); other VMMs refuse.
+    fn qmp(
+        &mut self,
+        command: &str,
+        _args: Option<serde_json::Value>,
+        _timeout: Duration,
+    ) -> Result<serde_json::Value, SandboxError> {
+        Err(SandboxError::Unavailable(format!(
+            "{} does not speak QMP ({command})",
+            self.kind()
+        )))
+    }
 }
 
 /// How a guest is paused between quanta.
@@ -309,9 +321,8 @@ impl MicrovmSandbox {
         )
     }
 
-    /// [`Sandbox::spawn`] with the concrete type: boots the guest and returns it paused once
-    /// its init has connected.
-    pub fn spawn_vm(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+    /// Checks the program and builds its image.
+    fn image_of(&self, spec: &AgentSpec) -> Result<Vec<u8>, SandboxError> {
         check_name(&spec.name)?;
         let Program::Native { path, args } = &spec.program else {
             return Err(SandboxError::InvalidSpec(format!(
@@ -350,7 +361,7 @@ impl MicrovmSandbox {
             )));
         }
         let c = &self.config;
-        let img = image::build(&image::ImageSpec {
+        image::build(&image::ImageSpec {
             init: c.init.clone(),
             agent: path.clone(),
             args: args.clone(),
@@ -360,16 +371,31 @@ impl MicrovmSandbox {
                     image::GUEST_MODULES.iter().map(|s| s.to_string()).collect(),
                 )
             }),
-        })?;
-        // The agent's memory limit is the guest's RAM; the VMM's own needs come on top.
-        let guest_mib = spec.limits.memory_max.0 >> 20;
+        })
+    }
+
+    /// Starts the VM's process agent (frozen) with QEMU's command line for `channel`, fills
+    /// its home (kernel, image, the vsock device's binary) and returns it with its mailbox
+    /// and, for vsock, the listening endpoint.
+    fn start_qemu(
+        &self,
+        name: &str,
+        guest_mib: u64,
+        pids_max: u32,
+        img: &[u8],
+        channel: ChannelKind,
+        ram: Option<&Path>,
+    ) -> Result<(ProcessAgent, Arc<Mailbox>, Option<wire::Endpoint>), SandboxError> {
+        let c = &self.config;
         let tsc = fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|i| probe::tsc_khz(&i));
         let mut append = format!(
-            "console=ttyS0 panic=-1 reboot=t quiet maxwell.agent={} maxwell.port={AGENT_PORT}",
-            spec.name
+            "console=ttyS0 panic=-1 reboot=t quiet init_on_free=1 maxwell.agent={name} maxwell.port={AGENT_PORT}"
         );
+        if channel == ChannelKind::Template {
+            append.push_str(" maxwell.channel=serial");
+        }
         if let Some(khz) = tsc {
             let _ = write!(append, " tsc_early_khz={khz}");
         }
@@ -382,19 +408,24 @@ impl MicrovmSandbox {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
         };
-        let mut argv: Vec<String> = vec![
-            "-c".into(),
-            VM_SCRIPT.into(),
-            "maxwell-vm".into(),
-            // A copy in the home directory: the agent's uid may not reach where it was
-            // installed (`cargo install` puts it under /root/.cargo/bin).
-            "./vhost-device-vsock".into(),
-            c.qemu.display().to_string(),
-        ];
+        let mut argv: Vec<String> = vec!["-c".into()];
+        match channel {
+            ChannelKind::Vsock => argv.extend([
+                VM_SCRIPT.into(),
+                "maxwell-vm".into(),
+                // A copy in the home directory: the agent's uid may not reach where it was
+                // installed (`cargo install` puts it under /root/.cargo/bin).
+                "./vhost-device-vsock".into(),
+            ]),
+            ChannelKind::Template | ChannelKind::Restored => {
+                argv.extend([VM_SCRIPT_SERIAL.into(), "maxwell-vm".into()]);
+            }
+        }
+        argv.push(c.qemu.display().to_string());
         argv.extend(
             [
                 "-name",
-                &format!("{},debug-threads=on", spec.name),
+                &format!("{name},debug-threads=on"),
                 "-nodefaults",
                 "-no-user-config",
                 "-nographic",
@@ -410,7 +441,19 @@ impl MicrovmSandbox {
                 "-m",
                 &format!("{guest_mib}M"),
                 "-object",
-                &format!("memory-backend-memfd,id=mem,size={guest_mib}M,share=on"),
+                &match channel {
+                    ChannelKind::Vsock => {
+                        format!("memory-backend-memfd,id=mem,size={guest_mib}M,share=on")
+                    }
+                    // The RAM of template and restored guests is a file of their own, so that
+                    // a snapshot's RAM is a file to copy and the migration stream carries
+                    // only the devices' state (x-ignore-shared).
+                    ChannelKind::Template | ChannelKind::Restored => {
+                        format!(
+                            "memory-backend-file,id=mem,size={guest_mib}M,mem-path=ram,share=on"
+                        )
+                    }
+                },
                 "-kernel",
                 "vmlinuz",
                 "-initrd",
@@ -419,10 +462,6 @@ impl MicrovmSandbox {
                 &append,
                 "-serial",
                 "file:console.log",
-                "-chardev",
-                "socket,id=vhu,path=vhost.sock",
-                "-device",
-                "vhost-user-vsock-device,chardev=vhu",
                 "-qmp",
                 "unix:qmp.sock,server=on,wait=off",
                 "-sandbox",
@@ -430,15 +469,41 @@ impl MicrovmSandbox {
             ]
             .map(str::to_string),
         );
+        match channel {
+            ChannelKind::Vsock => argv.extend(
+                [
+                    "-chardev",
+                    "socket,id=vhu,path=vhost.sock",
+                    "-device",
+                    "vhost-user-vsock-device,chardev=vhu",
+                ]
+                .map(str::to_string),
+            ),
+            ChannelKind::Template | ChannelKind::Restored => argv.extend(
+                [
+                    "-chardev",
+                    "socket,id=agent,path=agent.sock,server=on,wait=off",
+                    "-device",
+                    "virtio-serial-device",
+                    "-device",
+                    "virtserialport,chardev=agent,name=maxwell.agent",
+                ]
+                .map(str::to_string),
+            ),
+        }
+        if channel == ChannelKind::Restored {
+            argv.extend(["-incoming", "defer"].map(str::to_string));
+        }
         let proc_spec = AgentSpec {
-            name: spec.name.clone(),
+            name: name.to_string(),
             program: Program::Native {
                 path: PathBuf::from("/bin/sh"),
                 args: argv,
             },
             limits: Limits {
+                // The agent's memory limit is the guest's RAM; the VMM's own needs come on top.
                 memory_max: Bytes((guest_mib << 20) + VMM_OVERHEAD.0),
-                pids_max: spec.limits.pids_max.max(64),
+                pids_max: pids_max.max(64),
             },
         };
         // Starts frozen: the home directory is filled before the VMM runs.
@@ -446,42 +511,61 @@ impl MicrovmSandbox {
         let home = vm.home().to_path_buf();
         let uid = vm.uid();
         let prepared = (|| {
-            let put = |name: &str, data: &[u8]| {
-                let p = home.join(name);
+            let put = |file: &str, data: &[u8], mode: u32| {
+                let p = home.join(file);
                 fs::write(&p, data)
                     .map_err(|e| SandboxError::io(format!("writing {}", p.display()), e))?;
-                hand_over(&p, uid, 0o400)
+                hand_over(&p, uid, mode)
             };
-            put("initrd.cpio", &img)?;
+            put("initrd.cpio", img, 0o400)?;
             let kernel = fs::read(&c.kernel).map_err(|e| {
                 SandboxError::io(format!("reading the kernel {}", c.kernel.display()), e)
             })?;
-            put("vmlinuz", &kernel)?;
+            put("vmlinuz", &kernel, 0o400)?;
+            if let Some(from) = ram {
+                let to = home.join("ram");
+                copy_sparse(from, &to).map_err(|e| {
+                    SandboxError::io(format!("copying the template's RAM {}", from.display()), e)
+                })?;
+                hand_over(&to, uid, 0o600)?;
+            }
+            let mailbox = Arc::new(Mailbox::default());
+            if channel != ChannelKind::Vsock {
+                return Ok::<_, SandboxError>((mailbox, None));
+            }
             let vhost = fs::read(&c.vhost_vsock)
                 .map_err(|e| SandboxError::io(format!("reading {}", c.vhost_vsock.display()), e))?;
-            put("vhost-device-vsock", &vhost)?;
-            hand_over(&home.join("vhost-device-vsock"), uid, 0o500)?;
-            let mailbox = Arc::new(Mailbox::default());
+            put("vhost-device-vsock", &vhost, 0o500)?;
             let endpoint = wire::Endpoint::start(
                 &home.join(format!("vsock.sock_{AGENT_PORT}")),
-                &spec.name,
+                name,
                 mailbox.clone(),
             )?;
             hand_over(endpoint.path(), uid, 0o600)?;
-            Ok::<_, SandboxError>((mailbox, endpoint))
+            Ok((mailbox, Some(endpoint)))
         })();
-        let (mailbox, endpoint) = match prepared {
-            Ok(x) => x,
+        match prepared {
+            Ok((mailbox, endpoint)) => Ok((vm, mailbox, endpoint)),
             Err(e) => {
                 vm.kill("the microVM could not be prepared");
-                return Err(e);
+                Err(e)
             }
-        };
-        let mut agent = MicrovmAgent {
-            name: spec.name.clone(),
+        }
+    }
+
+    fn agent_of(
+        &self,
+        name: &str,
+        vm: ProcessAgent,
+        mailbox: Arc<Mailbox>,
+        endpoint: Option<wire::Endpoint>,
+    ) -> MicrovmAgent {
+        MicrovmAgent {
+            name: name.to_string(),
             vmm: None,
             vm,
             endpoint,
+            serial: None,
             mailbox,
             memfd: None,
             sampler: PageSampler::new(crate::erasure::DEFAULT_WATCHED, seed()),
@@ -489,30 +573,352 @@ impl MicrovmSandbox {
             paused: false,
             exit: None,
             boot: Duration::ZERO,
-            api_timeout: c.api_timeout,
-            pause_via: c.pause,
+            api_timeout: self.config.api_timeout,
+            pause_via: self.config.pause,
             last_words: None,
+        }
+    }
+
+    fn failed(&self, mut agent: MicrovmAgent, e: SandboxError, waiting: &str) -> SandboxError {
+        let tail = match &agent.last_words {
+            Some((_, t)) => t.clone(),
+            None => agent.console_tail(),
         };
+        let name = agent.name.clone();
+        agent.kill("the guest did not start");
+        match e {
+            SandboxError::Timeout { .. } => SandboxError::Unavailable(format!(
+                "agent {name}: {waiting} within {:?} (accel {}); its console ends: {tail}",
+                self.config.boot_timeout,
+                self.config.accel.name()
+            )),
+            other => other,
+        }
+    }
+
+    /// [`Sandbox::spawn`] with the concrete type: boots the guest and returns it paused once
+    /// its init has connected over vsock.
+    pub fn spawn_vm(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+        let img = self.image_of(spec)?;
+        let guest_mib = spec.limits.memory_max.0 >> 20;
+        let (vm, mailbox, endpoint) = self.start_qemu(
+            &spec.name,
+            guest_mib,
+            spec.limits.pids_max,
+            &img,
+            ChannelKind::Vsock,
+            None,
+        )?;
+        let mut agent = self.agent_of(&spec.name, vm, mailbox, endpoint);
         let started = Instant::now();
-        if let Err(e) = agent.boot(c.boot_timeout) {
-            let tail = match &agent.last_words {
-                Some((_, t)) => t.clone(),
-                None => agent.console_tail(),
-            };
-            agent.kill("the guest did not boot");
-            return Err(match e {
-                SandboxError::Timeout { .. } => SandboxError::Unavailable(format!(
-                    "agent {}: the guest's init did not connect over vsock within {:?} (accel \
-                     {}); its console ends: {tail}",
-                    spec.name,
-                    c.boot_timeout,
-                    c.accel.name()
-                )),
-                other => other,
-            });
+        if let Err(e) = agent.boot(self.config.boot_timeout) {
+            return Err(self.failed(agent, e, "the guest's init did not connect over vsock"));
         }
         agent.boot = started.elapsed();
         Ok(agent)
+    }
+
+    /// Saves a snapshot of a guest booted with `spec`'s program and waiting for its start
+    /// line (virtio-serial channel), into `state` (QEMU's migration stream). Agents of the
+    /// same program and memory then start from it with [`MicrovmSandbox::spawn_restored`].
+    pub fn make_template(&self, spec: &AgentSpec, state: &Path) -> Result<Duration, SandboxError> {
+        let img = self.image_of(spec)?;
+        let guest_mib = spec.limits.memory_max.0 >> 20;
+        let name = format!("tpl-{}", spec.name);
+        let (vm, mailbox, _) = self.start_qemu(
+            &name,
+            guest_mib,
+            spec.limits.pids_max,
+            &img,
+            ChannelKind::Template,
+            None,
+        )?;
+        let mut agent = self.agent_of(&name, vm, mailbox, None);
+        let deadline = Instant::now() + self.config.boot_timeout;
+        let saved = (|| {
+            agent.vm.resume()?;
+            agent.connect_qmp(deadline)?;
+            while !agent.console_says("maxwell-guest: ready") {
+                agent.check_alive()?;
+                if Instant::now() >= deadline {
+                    return Err(SandboxError::Timeout {
+                        name: name.clone(),
+                        what: "the template's boot",
+                    });
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            let t = Instant::now();
+            agent.qmp("stop", None)?;
+            ignore_shared(&mut agent)?;
+            migrate_out(&mut agent, state, deadline)?;
+            let ram = agent.vm.home().join("ram");
+            copy_sparse(&ram, &template_ram(state))
+                .map_err(|e| SandboxError::io("saving the template's RAM", e))?;
+            Ok(t.elapsed())
+        })();
+        match saved {
+            Ok(took) => {
+                agent.kill("template saved");
+                Ok(took)
+            }
+            Err(e) => Err(self.failed(agent, e, "the template guest was not ready")),
+        }
+    }
+
+    /// Starts an agent from a template made by [`MicrovmSandbox::make_template`] for the same
+    /// program and memory: QEMU restores the booted guest from `state` instead of booting it,
+    /// the host gives the guest the agent's name over the serial channel, and the agent is
+    /// returned paused.
+    pub fn spawn_restored(
+        &self,
+        spec: &AgentSpec,
+        state: &Path,
+    ) -> Result<MicrovmAgent, SandboxError> {
+        let img = self.image_of(spec)?;
+        let guest_mib = spec.limits.memory_max.0 >> 20;
+        let started = Instant::now();
+        let (vm, mailbox, _) = self.start_qemu(
+            &spec.name,
+            guest_mib,
+            spec.limits.pids_max,
+            &img,
+            ChannelKind::Restored,
+            Some(&template_ram(state)),
+        )?;
+        let mut agent = self.agent_of(&spec.name, vm, mailbox, None);
+        let deadline = Instant::now() + self.config.boot_timeout;
+        let restored = (|| {
+            agent.vm.resume()?;
+            agent.connect_qmp(deadline)?;
+            ignore_shared(&mut agent)?;
+            migrate_in(&mut agent, state, deadline)?;
+            agent.qmp("cont", None)?;
+            let link = SerialLink::start(
+                &agent.vm.home().join("agent.sock"),
+                &spec.name,
+                agent.mailbox.clone(),
+                deadline,
+            )?;
+            agent.serial = Some(link);
+            agent.memfd = File::open(agent.vm.home().join("ram")).ok();
+            agent.pause()?;
+            agent.last_cpu = vcpu_ns(agent.vm.pid())?;
+            Ok(())
+        })();
+        if let Err(e) = restored {
+            return Err(self.failed(agent, e, "the guest was not restored"));
+        }
+        agent.boot = started.elapsed();
+        Ok(agent)
+    }
+}
+
+/// How a guest's agent reaches the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelKind {
+    /// vsock through vhost-user (booted guests).
+    Vsock,
+    /// virtio-serial, booting to be saved as a template.
+    Template,
+    /// virtio-serial, restored from a template.
+    Restored,
+}
+
+/// Execs QEMU (for serial-channel guests: no vsock device to start).
+const VM_SCRIPT_SERIAL: &str = r#"exec "$@" >vmm.log 2>&1"#;
+
+/// Where a template's RAM is kept: beside its device state, `<state>.ram`.
+pub fn template_ram(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".ram");
+    PathBuf::from(p)
+}
+
+/// Migrations of this guest leave out its RAM (a file both ends have).
+fn ignore_shared(agent: &mut MicrovmAgent) -> Result<(), SandboxError> {
+    agent
+        .qmp(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({
+                "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+            })),
+        )
+        .map(drop)
+}
+
+/// Copies `from` to `to` (created, or truncated) keeping holes: a guest's RAM file is mostly
+/// holes, and copying them as zeros would allocate them.
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::unistd::{Whence, lseek};
+    let src = File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = File::create(to)?;
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0i64;
+    while (off as u64) < len {
+        let data = match lseek(&src, off, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(&src, data, Whence::SeekHole).map_err(std::io::Error::from)?;
+        let mut at = data as u64;
+        while at < hole as u64 {
+            let n = ((hole as u64 - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at)?;
+            dst.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        off = hole;
+    }
+    Ok(())
+}
+
+/// Streams QEMU's migration of the stopped guest into `state`.
+fn migrate_out(
+    agent: &mut MicrovmAgent,
+    state: &Path,
+    deadline: Instant,
+) -> Result<(), SandboxError> {
+    let sock = agent.vm.home().join("migrate.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .map_err(|e| SandboxError::io(format!("listening on {}", sock.display()), e))?;
+    hand_over(&sock, agent.vm.uid(), 0o600)?;
+    let out = state.to_path_buf();
+    let sink = thread::spawn(move || -> std::io::Result<u64> {
+        let (mut conn, _) = listener.accept()?;
+        let mut f = File::create(&out)?;
+        let n = std::io::copy(&mut conn, &mut f)?;
+        f.sync_all()?;
+        Ok(n)
+    });
+    agent.qmp(
+        "migrate",
+        Some(serde_json::json!({ "uri": format!("unix:{}", sock.display()) })),
+    )?;
+    wait_migration(agent, deadline)?;
+    match sink.join() {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(SandboxError::io("writing the snapshot", e)),
+        Err(_) => Err(SandboxError::Unavailable(
+            "the snapshot writer panicked".into(),
+        )),
+    }
+}
+
+/// Feeds `state` to a QEMU started with `-incoming defer`.
+fn migrate_in(
+    agent: &mut MicrovmAgent,
+    state: &Path,
+    deadline: Instant,
+) -> Result<(), SandboxError> {
+    let sock = agent.vm.home().join("incoming.sock");
+    agent.qmp(
+        "migrate-incoming",
+        Some(serde_json::json!({ "uri": format!("unix:{}", sock.display()) })),
+    )?;
+    let mut f = File::open(state)
+        .map_err(|e| SandboxError::io(format!("opening the snapshot {}", state.display()), e))?;
+    let mut conn = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(SandboxError::io(
+                    format!("connecting to {}", sock.display()),
+                    e,
+                ));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    std::io::copy(&mut f, &mut conn)
+        .map_err(|e| SandboxError::io("streaming the snapshot into QEMU", e))?;
+    drop(conn);
+    wait_migration(agent, deadline)
+}
+
+fn wait_migration(agent: &mut MicrovmAgent, deadline: Instant) -> Result<(), SandboxError> {
+    loop {
+        let r = agent.qmp("query-migrate", None)?;
+        match r.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                return Err(SandboxError::Unavailable(format!(
+                    "QEMU migration {}: {}",
+                    r["status"],
+                    r.get("error-desc")
+                        .map_or_else(String::new, |d| d.to_string())
+                )));
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(SandboxError::Timeout {
+                    name: agent.name.clone(),
+                    what: "a migration",
+                });
+            }
+            _ => thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// The host's end of a serial-channel guest: one connection to QEMU's chardev, served by the
+/// same protocol code as vsock and native agents.
+#[derive(Debug)]
+struct SerialLink {
+    stream: std::os::unix::net::UnixStream,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SerialLink {
+    fn start(
+        path: &Path,
+        name: &str,
+        mailbox: Arc<Mailbox>,
+        deadline: Instant,
+    ) -> Result<SerialLink, SandboxError> {
+        use std::io::Write as _;
+        let mut stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(SandboxError::io(
+                        format!("connecting to {}", path.display()),
+                        e,
+                    ));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        stream
+            .write_all(format!("start {name}\n").as_bytes())
+            .map_err(|e| SandboxError::io("sending the start line", e))?;
+        let served = stream
+            .try_clone()
+            .map_err(|e| SandboxError::io("cloning the serial channel", e))?;
+        let (n, m) = (name.to_string(), mailbox);
+        let thread = thread::Builder::new()
+            .name(format!("maxwell-serial-{name}"))
+            .spawn(move || wire::handle(served, &n, &m))
+            .map_err(|e| SandboxError::io("starting the serial channel's thread", e))?;
+        Ok(SerialLink {
+            stream,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -555,6 +961,16 @@ impl Vmm for Qemu {
     fn resume(&mut self) -> Result<(), SandboxError> {
         self.qmp.execute("cont", None, self.timeout).map(drop)
     }
+    fn qmp(
+        &mut self,
+        command: &str,
+        args: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, SandboxError> {
+        // Migrations answer at once and run in the background; a generous floor for the rest.
+        self.qmp
+            .execute(command, args, timeout.max(Duration::from_secs(2)))
+    }
 }
 
 /// One guest.
@@ -563,7 +979,10 @@ pub struct MicrovmAgent {
     name: String,
     vmm: Option<Box<dyn Vmm>>,
     vm: ProcessAgent,
-    endpoint: wire::Endpoint,
+    /// The vsock endpoint of a booted guest.
+    endpoint: Option<wire::Endpoint>,
+    /// The serial channel of a guest restored from a template.
+    serial: Option<SerialLink>,
     mailbox: Arc<Mailbox>,
     memfd: Option<File>,
     sampler: PageSampler,
@@ -656,9 +1075,7 @@ impl MicrovmAgent {
         self.vm.cgroups()
     }
 
-    fn boot(&mut self, wait: Duration) -> Result<(), SandboxError> {
-        self.vm.resume()?;
-        let deadline = Instant::now() + wait;
+    fn connect_qmp(&mut self, deadline: Instant) -> Result<(), SandboxError> {
         let qmp_path = self.vm.home().join("qmp.sock");
         while !qmp_path.exists() {
             self.check_alive()?;
@@ -668,7 +1085,7 @@ impl MicrovmAgent {
                     what: "QEMU's start",
                 });
             }
-            thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(1));
         }
         let q = qmp::Qmp::connect(
             &qmp_path,
@@ -678,7 +1095,35 @@ impl MicrovmAgent {
             qmp: q,
             timeout: self.api_timeout,
         }));
-        while self.endpoint.accepted() == 0 {
+        Ok(())
+    }
+
+    /// A QMP command on this guest's QEMU.
+    fn qmp(
+        &mut self,
+        command: &str,
+        args: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, SandboxError> {
+        let timeout = self.api_timeout;
+        let Some(vmm) = self.vmm.as_mut() else {
+            return Err(SandboxError::Unavailable(format!(
+                "agent {}: no QMP connection",
+                self.name
+            )));
+        };
+        vmm.qmp(command, args, timeout)
+    }
+
+    fn console_says(&self, what: &str) -> bool {
+        fs::read(self.vm.home().join("console.log"))
+            .is_ok_and(|t| String::from_utf8_lossy(&t).contains(what))
+    }
+
+    fn boot(&mut self, wait: Duration) -> Result<(), SandboxError> {
+        self.vm.resume()?;
+        let deadline = Instant::now() + wait;
+        self.connect_qmp(deadline)?;
+        while self.endpoint.as_ref().map_or(0, wire::Endpoint::accepted) == 0 {
             self.check_alive()?;
             if Instant::now() >= deadline {
                 return Err(SandboxError::Timeout {
@@ -714,13 +1159,18 @@ impl MicrovmAgent {
             text = fs::read(home.join("vmm.log")).unwrap_or_default();
         }
         let text = String::from_utf8_lossy(&text);
-        text.lines()
+        let mut last: Vec<&str> = text
+            .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("(nothing)")
-            .chars()
-            .take(300)
-            .collect()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .take(3)
+            .collect();
+        if last.is_empty() {
+            return "(nothing)".into();
+        }
+        last.reverse();
+        last.join(" | ").chars().take(400).collect()
     }
 
     /// What the console says of the agent's end: `Some(code)` if the init reported it.
@@ -749,7 +1199,9 @@ impl MicrovmAgent {
             },
             (_, Some(code)) => Exit {
                 reason: ExitReason::Crashed,
-                detail: format!("the agent exited with code {code} and the guest shut down"),
+                detail: format!(
+                    "the agent exited with code {code} and the guest shut down; console: {tail}"
+                ),
             },
             (_, None) => Exit {
                 reason: ExitReason::Crashed,
@@ -760,7 +1212,12 @@ impl MicrovmAgent {
                 ),
             },
         };
-        self.endpoint.stop();
+        if let Some(e) = self.endpoint.as_mut() {
+            e.stop();
+        }
+        if let Some(l) = self.serial.as_mut() {
+            l.stop();
+        }
         self.vmm = None;
         self.memfd = None;
         self.exit = Some(exit.clone());
