@@ -175,7 +175,8 @@ fn image(a: &ImageArgs) -> anyhow::Result<Exit> {
 /// `maxwell bench spawn`.
 #[derive(Debug, Args)]
 pub(crate) struct SpawnBenchArgs {
-    /// Guests to boot, one after another (each is killed once its init has connected).
+    /// Guests to boot, and then to restore from a snapshot, one after another (each is killed
+    /// once it is up).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..))]
     count: u32,
     /// Print JSON.
@@ -191,8 +192,19 @@ struct SpawnReport {
     boot_p50_ms: f64,
     boot_p99_ms: f64,
     boot_max_ms: f64,
+    template_save_ms: f64,
+    restore_p50_ms: f64,
+    restore_p99_ms: f64,
+    restore_max_ms: f64,
     kill_p50_ms: f64,
     kill_max_ms: f64,
+    targets: SpawnTargets,
+}
+
+#[derive(Debug, Serialize)]
+struct SpawnTargets {
+    restore_p99_ms_max: f64,
+    met: bool,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -213,34 +225,58 @@ pub(crate) fn spawn_bench(a: &SpawnBenchArgs) -> anyhow::Result<Exit> {
         .ok_or_else(|| {
             anyhow::anyhow!("the static scientist is not built: run scripts/build-guest")
         })?;
-    let (mut boots, mut kills) = (Vec::new(), Vec::new());
+    let spec = |name: String| AgentSpec {
+        name,
+        program: Program::Native {
+            path: sci.clone(),
+            args: Vec::new(),
+        },
+        limits: Limits {
+            memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
+            pids_max: 64,
+        },
+    };
+    let (mut boots, mut restores, mut kills) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.count {
         let t = Instant::now();
-        let mut vm = sb.spawn_vm(&AgentSpec {
-            name: format!("bench-spawn-{i}"),
-            program: Program::Native {
-                path: sci.clone(),
-                args: Vec::new(),
-            },
-            limits: Limits {
-                memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
-                pids_max: 64,
-            },
-        })?;
+        let mut vm = sb.spawn_vm(&spec(format!("bench-boot-{i}")))?;
         boots.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         vm.kill("benchmark");
         kills.push(t.elapsed().as_secs_f64() * 1e3);
         if !a.json {
-            eprint!("\r{} / {} guests", i + 1, a.count);
+            eprint!("\rbooted {} / {} guests", i + 1, a.count);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let dir = std::env::temp_dir().join(format!("maxwell-bench-spawn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let state = dir.join("scientist.state");
+    let saved = sb.make_template(&spec("bench".into()), &state)?;
+    for i in 0..a.count {
+        let t = Instant::now();
+        let mut vm = sb.spawn_restored(&spec(format!("bench-restore-{i}")), &state)?;
+        restores.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        vm.kill("benchmark");
+        kills.push(t.elapsed().as_secs_f64() * 1e3);
+        if !a.json {
+            eprint!(
+                "\rbooted {0} / {0}, restored {1} / {0} guests",
+                a.count,
+                i + 1
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(&dir)?;
     if !a.json {
         eprintln!();
     }
     boots.sort_by(f64::total_cmp);
+    restores.sort_by(f64::total_cmp);
     kills.sort_by(f64::total_cmp);
+    let restore_p99 = pct(&restores, 0.99);
     let r = SpawnReport {
         vmm: "qemu",
         accel,
@@ -248,25 +284,45 @@ pub(crate) fn spawn_bench(a: &SpawnBenchArgs) -> anyhow::Result<Exit> {
         boot_p50_ms: pct(&boots, 0.5),
         boot_p99_ms: pct(&boots, 0.99),
         boot_max_ms: boots.last().copied().unwrap_or(0.0),
+        template_save_ms: saved.as_secs_f64() * 1e3,
+        restore_p50_ms: pct(&restores, 0.5),
+        restore_p99_ms: restore_p99,
+        restore_max_ms: restores.last().copied().unwrap_or(0.0),
         kill_p50_ms: pct(&kills, 0.5),
         kill_max_ms: kills.last().copied().unwrap_or(0.0),
+        targets: SpawnTargets {
+            restore_p99_ms_max: 300.0,
+            met: restore_p99 <= 300.0,
+        },
     };
     if a.json {
         write_out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
     } else {
         write_out(&format!(
-            "{} guests under {} ({}), from spawn to the init's vsock connection:\n\
-             boot: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms\n\
-             kill (everything removed): p50 {:.0} ms  max {:.0} ms\n",
+            "{} guests each way under {} ({}), spawn to a paused agent:\n\
+             boot (to the init's vsock connection): p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms\n\
+             restore from a snapshot (saved in {:.0} ms): p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms\n\
+             kill (everything removed): p50 {:.0} ms  max {:.0} ms\n\
+             target: restore p99 <= {} ms: {}\n",
             r.count,
             r.vmm,
             r.accel,
             r.boot_p50_ms,
             r.boot_p99_ms,
             r.boot_max_ms,
+            r.template_save_ms,
+            r.restore_p50_ms,
+            r.restore_p99_ms,
+            r.restore_max_ms,
             r.kill_p50_ms,
-            r.kill_max_ms
+            r.kill_max_ms,
+            r.targets.restore_p99_ms_max,
+            if r.targets.met { "met" } else { "NOT MET" }
         ))?;
     }
-    Ok(Exit::Success)
+    Ok(if r.targets.met {
+        Exit::Success
+    } else {
+        Exit::Failed
+    })
 }

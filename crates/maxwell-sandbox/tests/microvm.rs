@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use maxwell_sandbox::microvm::{
-    MicrovmAgent, MicrovmConfig, MicrovmSandbox, PauseVia, guest_bin_dir,
+    MicrovmAgent, MicrovmConfig, MicrovmSandbox, PauseVia, SpawnMode, guest_bin_dir,
 };
 use maxwell_sandbox::process::testing::alive;
 use maxwell_sandbox::{Agent, AgentSpec, ExitReason, Limits, Message, Program, Status};
@@ -172,7 +172,7 @@ fn a_scientist_in_a_guest_claims_work_pauses_and_leaves_nothing() {
         p.push(t.elapsed());
     }
     eprintln!(
-        "QMP pause p50 {:?} p99 {:?}; resume p50 {:?} p99 {:?}",
+        "pause (freezer) p50 {:?} p99 {:?}; resume p50 {:?} p99 {:?}",
         pct(&mut p, 50),
         pct(&mut p, 99),
         pct(&mut r, 50),
@@ -184,40 +184,53 @@ fn a_scientist_in_a_guest_claims_work_pauses_and_leaves_nothing() {
     check(&left);
 }
 
-fn hostile(sb: &MicrovmSandbox, bins: &std::path::Path, mode: &str) -> (MicrovmAgent, Left) {
-    let a = sb
-        .spawn_vm(&spec(
-            bins,
-            &format!("vm-{mode}"),
-            "hostile",
-            &["--mode", mode],
-        ))
-        .unwrap();
+/// A hostile guest, booted (vsock) or restored from a template (virtio-serial): the hostile
+/// tests run on both channels.
+fn hostile(
+    sb: &MicrovmSandbox,
+    bins: &std::path::Path,
+    mode: &str,
+    restored: bool,
+) -> (MicrovmAgent, Left) {
+    let s = spec(bins, &format!("vm-{mode}"), "hostile", &["--mode", mode]);
+    let how = if restored {
+        SpawnMode::Snapshot
+    } else {
+        SpawnMode::Boot
+    };
+    let a = sb.with_spawn(how).spawn_agent(&s).unwrap();
     let left = watch(&a);
     (a, left)
 }
+
+const BOTH: [bool; 2] = [false, true];
 
 #[test]
 fn a_guest_that_sends_garbage_is_reported_and_its_host_keeps_serving() {
     let Some((_g, sb, bins)) = setup() else {
         return;
     };
-    let (mut a, left) = hostile(&sb, &bins, "garbage");
-    a.resume().unwrap();
-    let mut violations = 0;
-    assert!(wait_until(Duration::from_secs(20), || {
-        violations += a
-            .drain()
-            .iter()
-            .filter(|m| matches!(m, Message::Violation(_)))
-            .count();
-        violations >= 3
-    }));
-    assert!(matches!(a.status(), Status::Running));
-    a.pause().unwrap();
-    a.kill("violations");
-    drop(a);
-    check(&left);
+    for restored in BOTH {
+        let (mut a, left) = hostile(&sb, &bins, "garbage", restored);
+        a.resume().unwrap();
+        let mut violations = 0;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                violations += a
+                    .drain()
+                    .iter()
+                    .filter(|m| matches!(m, Message::Violation(_)))
+                    .count();
+                violations >= 3
+            }),
+            "restored {restored}: {violations} violations"
+        );
+        assert!(matches!(a.status(), Status::Running));
+        a.pause().unwrap();
+        a.kill("violations");
+        drop(a);
+        check_restored(&left);
+    }
 }
 
 #[test]
@@ -225,26 +238,28 @@ fn a_guest_that_floods_the_vsock_fills_only_its_own_bounded_mailbox() {
     let Some((_g, sb, bins)) = setup() else {
         return;
     };
-    let (mut a, left) = hostile(&sb, &bins, "flood");
-    a.resume().unwrap();
-    thread::sleep(Duration::from_secs(3));
-    // Pausing still works while the guest writes as fast as it can.
-    let t = Instant::now();
-    a.pause().unwrap();
-    let took = t.elapsed();
-    let got = a.drain();
-    assert!(
-        got.len() <= maxwell_sandbox::MAX_PENDING + 2,
-        "{} messages",
-        got.len()
-    );
-    assert!(
-        took < Duration::from_millis(500),
-        "pause under a flood took {took:?}"
-    );
-    a.kill("flood");
-    drop(a);
-    check(&left);
+    for restored in BOTH {
+        let (mut a, left) = hostile(&sb, &bins, "flood", restored);
+        a.resume().unwrap();
+        thread::sleep(Duration::from_secs(3));
+        // Pausing still works while the guest writes as fast as it can.
+        let t = Instant::now();
+        a.pause().unwrap();
+        let took = t.elapsed();
+        let got = a.drain();
+        assert!(
+            got.len() <= maxwell_sandbox::MAX_PENDING + 2,
+            "{} messages",
+            got.len()
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "pause under a flood took {took:?}"
+        );
+        a.kill("flood");
+        drop(a);
+        check_restored(&left);
+    }
 }
 
 #[test]
@@ -252,12 +267,14 @@ fn a_guest_that_crashes_its_kernel_or_exits_ends_only_that_agent() {
     let Some((_g, sb, bins)) = setup() else {
         return;
     };
-    let (mut quiet, quiet_left) = hostile(&sb, &bins, "silent");
-    for (mode, detail) in [
-        ("crash-kernel", "without the guest's init"),
-        ("exit", "code 3"),
+    let (mut quiet, quiet_left) = hostile(&sb, &bins, "silent", false);
+    for (mode, detail, restored) in [
+        ("crash-kernel", "without the guest's init", false),
+        ("exit", "code 3", false),
+        ("crash-kernel", "without the guest's init", true),
+        ("exit", "code 3", true),
     ] {
-        let (mut a, left) = hostile(&sb, &bins, mode);
+        let (mut a, left) = hostile(&sb, &bins, mode, restored);
         a.resume().unwrap();
         assert!(
             wait_until(Duration::from_secs(30), || matches!(
@@ -273,7 +290,7 @@ fn a_guest_that_crashes_its_kernel_or_exits_ends_only_that_agent() {
         assert!(e.detail.contains(detail), "{mode}: {e:?}");
         assert!(a.resume().is_err());
         drop(a);
-        check(&left);
+        check_restored(&left);
     }
     // The silent one, which never said a word, is still there and still pauses.
     quiet.resume().unwrap();
