@@ -18,8 +18,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments (`--config FILE`).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_maxwell"))
             .args(["daemon", "--data-dir", dir.to_str().unwrap()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -6,6 +6,7 @@ mod auction;
 mod daemon;
 mod experiment;
 mod ledger;
+mod microvm;
 mod sandbox;
 mod sensors;
 mod simulate;
