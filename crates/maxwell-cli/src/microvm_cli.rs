@@ -107,19 +107,45 @@ fn check(a: &CheckArgs) -> anyhow::Result<Exit> {
             fix: "scripts/build-guest",
         },
         Part {
-            part: "firecracker (KVM hosts)",
-            found: shown(which("firecracker")),
-            fix: "Firecracker's release binaries on a host with kvm_intel or kvm_amd",
+            part: "firecracker + jailer",
+            found: cfg
+                .as_ref()
+                .ok()
+                .and_then(|c| c.firecracker.as_ref())
+                .map(|(f, _)| f.display().to_string()),
+            fix: "Firecracker's release binaries (or MAXWELL_FIRECRACKER, MAXWELL_JAILER); used \
+                  where hardware virtualization works",
+        },
+        Part {
+            part: "vmlinux (for Firecracker)",
+            found: cfg
+                .as_ref()
+                .ok()
+                .and_then(|c| c.vmlinux.as_ref())
+                .map(|v| v.display().to_string()),
+            fix: ".ci/microvm-deps (extracts it from the vmlinuz)",
         },
     ];
-    let error = match cfg.and_then(MicrovmSandbox::new) {
-        Ok(_) => None,
-        Err(e) => Some(e.to_string()),
+    let vmm = match cfg.as_ref().map(|c| c.vmm) {
+        Ok(maxwell_sandbox::microvm::VmmChoice::Firecracker) => "firecracker",
+        _ => "qemu",
+    };
+    let (error, described) = match cfg.and_then(MicrovmSandbox::new) {
+        Ok(s) if vmm == "firecracker" && p.accel != probe::Accel::Kvm => (
+            Some(
+                "Firecracker is chosen (MAXWELL_MICROVM_VMM) but hardware virtualization is \
+                 missing, so its guests cannot boot; unset MAXWELL_MICROVM_VMM to use QEMU"
+                    .to_string(),
+            ),
+            s.describe(),
+        ),
+        Ok(s) => (None, s.describe()),
+        Err(e) => (Some(e.to_string()), String::new()),
     };
     let r = CheckReport {
         accel: p.accel.name(),
         accel_reason: p.reason.clone(),
-        vmm: "qemu",
+        vmm,
         ready: error.is_none(),
         parts,
         error,
@@ -128,10 +154,14 @@ fn check(a: &CheckArgs) -> anyhow::Result<Exit> {
         write_out(&(serde_json::to_string_pretty(&r)? + "\n"))?;
     } else {
         let mut s = format!(
-            "hardware virtualization: {} ({})\nVMM: QEMU microvm with accel {}\n",
+            "hardware virtualization: {} ({})\nVMM: {}\n",
             if r.accel == "kvm" { "yes" } else { "no" },
             r.accel_reason,
-            r.accel
+            if described.is_empty() {
+                format!("{} (accel {})", r.vmm, r.accel)
+            } else {
+                described
+            }
         );
         for part in &r.parts {
             s += &match &part.found {

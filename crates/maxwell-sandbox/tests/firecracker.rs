@@ -233,3 +233,102 @@ fn under_the_jailer_the_vmm_is_unprivileged_chrooted_and_limited() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The backend with Firecracker as its VMM: where hardware virtualization works a guest
+/// scientist boots, claims work, pauses and leaves nothing; where it does not (KVM-PVM here)
+/// the spawn fails at its boot timeout naming the reason, and leaves nothing either.
+#[test]
+fn the_backend_boots_guests_under_firecracker_where_kvm_works_and_says_why_not_elsewhere() {
+    use maxwell_sandbox::microvm::{
+        MicrovmConfig, MicrovmSandbox, VmmChoice, guest_bin_dir, probe::Accel,
+    };
+    use maxwell_sandbox::{Agent, AgentSpec, Limits, Message, Program};
+    let Some((binary, jailer, dir)) = setup() else {
+        return;
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (mut cfg, Some(jailer), Some(bins)) =
+        (MicrovmConfig::discover().ok(), jailer, guest_bin_dir())
+    else {
+        assert!(
+            std::env::var("MAXWELL_REQUIRE_MICROVM_TESTS").as_deref() != Ok("1"),
+            "MAXWELL_REQUIRE_MICROVM_TESTS=1 but the microvm backend's parts are missing"
+        );
+        eprintln!("SKIP: the microvm backend's parts are missing (.ci/microvm-deps)");
+        return;
+    };
+    let Some(c) = cfg.as_mut() else {
+        unreachable!()
+    };
+    if c.vmlinux.is_none() {
+        assert!(
+            std::env::var("MAXWELL_REQUIRE_MICROVM_TESTS").as_deref() != Ok("1"),
+            "MAXWELL_REQUIRE_MICROVM_TESTS=1 but there is no vmlinux beside the vmlinuz"
+        );
+        eprintln!("SKIP: no vmlinux (.ci/microvm-deps extracts it)");
+        return;
+    }
+    c.vmm = VmmChoice::Firecracker;
+    c.firecracker = Some((binary, jailer));
+    let kvm = c.accel == Accel::Kvm;
+    if !kvm {
+        // Here the guest cannot boot: do not wait a minute to learn it.
+        c.boot_timeout = Duration::from_secs(5);
+    }
+    let sb = MicrovmSandbox::new(cfg.unwrap()).unwrap();
+    let spec = AgentSpec {
+        name: "fc-sci".into(),
+        program: Program::Native {
+            path: bins.join("scientist"),
+            args: Vec::new(),
+        },
+        limits: Limits {
+            memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
+            pids_max: 64,
+        },
+    };
+    let t = Instant::now();
+    let fc_alive = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "firecracker --id fc-sci"])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)
+    };
+    match sb.spawn_agent(&spec) {
+        Ok(mut a) => {
+            assert!(
+                kvm,
+                "a guest booted under Firecracker without hardware virtualization?"
+            );
+            eprintln!("firecracker boot: {:?}", a.boot_time());
+            a.mailbox()
+                .give_work((0..64u64).map(|k| (k * 10_000, (k + 1) * 10_000)));
+            a.resume().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut claims = 0;
+            while claims < 3 && Instant::now() < deadline {
+                claims += a
+                    .drain()
+                    .iter()
+                    .filter(|m| matches!(m, Message::Claim(_)))
+                    .count();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(claims >= 3, "{claims} claims");
+            a.pause().unwrap();
+            a.kill("test over");
+        }
+        Err(e) => {
+            assert!(!kvm, "with working KVM the guest must boot: {e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("did not connect") && e.contains("hardware virtualization: no"),
+                "{e}"
+            );
+            assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+            eprintln!("as expected here: {e}");
+        }
+    }
+    assert!(!fc_alive(), "firecracker is still running");
+}

@@ -70,7 +70,7 @@ struct Left {
 }
 
 fn watch(a: &MicrovmAgent) -> Left {
-    let mut dirs = a.cgroups().to_vec();
+    let mut dirs = a.cgroups();
     dirs.push(a.home().to_path_buf());
     let mut pids = a.pids();
     pids.push(a.vmm_pid() as i32);

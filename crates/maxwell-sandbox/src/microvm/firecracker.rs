@@ -226,6 +226,11 @@ impl Firecracker {
         })
     }
 
+    /// The jail's cgroup directories (none when started without the jailer).
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        self.jail.as_ref().map_or_else(Vec::new, |(_, c)| c.clone())
+    }
+
     /// The VM's root directory (paths given to the API are relative to it).
     pub fn root(&self) -> &Path {
         &self.root

@@ -151,8 +151,16 @@ pub struct MicrovmConfig {
     pub api_timeout: Duration,
     /// How guests are paused between quanta.
     pub pause: PauseVia,
-    /// How guests are started.
+    /// How guests are started (QEMU; Firecracker guests always boot).
     pub spawn: SpawnMode,
+    /// Which VMM runs guests.
+    pub vmm: VmmChoice,
+    /// Firecracker and its jailer, where found (`MAXWELL_FIRECRACKER`, `MAXWELL_JAILER`, else
+    /// `PATH`).
+    pub firecracker: Option<(PathBuf, PathBuf)>,
+    /// The guest kernel as an ELF `vmlinux` (what Firecracker loads), where found beside the
+    /// `vmlinuz` (`boot/vmlinux-*`; `.ci/microvm-deps` extracts it).
+    pub vmlinux: Option<PathBuf>,
     /// The accelerator (from [`probe::probe`] unless set).
     pub accel: Accel,
     /// Why that accelerator.
@@ -253,7 +261,35 @@ impl MicrovmConfig {
             )
         })?;
         let p = probe::probe();
+        let bin = |env: &str, name: &str| {
+            std::env::var_os(env)
+                .map(PathBuf::from)
+                .filter(|p| p.is_file())
+                .or_else(|| which(name))
+        };
+        let firecracker =
+            bin("MAXWELL_FIRECRACKER", "firecracker").zip(bin("MAXWELL_JAILER", "jailer"));
+        let vmlinux = kernel.parent().and_then(|boot| {
+            let name = kernel
+                .file_name()?
+                .to_str()?
+                .replacen("vmlinuz", "vmlinux", 1);
+            Some(boot.join(name)).filter(|p| p.is_file())
+        });
+        // Firecracker where hardware virtualization works and every part of it is here;
+        // MAXWELL_MICROVM_VMM=qemu|firecracker decides otherwise.
+        let vmm = match std::env::var("MAXWELL_MICROVM_VMM").as_deref() {
+            Ok("firecracker") => VmmChoice::Firecracker,
+            Ok("qemu") => VmmChoice::Qemu,
+            _ if p.accel == Accel::Kvm && firecracker.is_some() && vmlinux.is_some() => {
+                VmmChoice::Firecracker
+            }
+            _ => VmmChoice::Qemu,
+        };
         Ok(MicrovmConfig {
+            vmm,
+            firecracker,
+            vmlinux,
             kernel,
             modules,
             init,
@@ -361,6 +397,9 @@ impl MicrovmSandbox {
 
     /// [`Sandbox::spawn`] with the concrete type: by the configured [`SpawnMode`].
     pub fn spawn_agent(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+        if self.config.vmm == VmmChoice::Firecracker {
+            return self.spawn_firecracker(spec);
+        }
         match self.config.spawn {
             SpawnMode::Boot => self.spawn_vm(spec),
             SpawnMode::Snapshot => {
@@ -402,6 +441,25 @@ impl MicrovmSandbox {
     /// Which VMM and accelerator guests get, and why, in words.
     pub fn describe(&self) -> String {
         let c = &self.config;
+        if c.vmm == VmmChoice::Firecracker {
+            return format!(
+                "Firecracker ({}) under its jailer on /dev/kvm (hardware virtualization: {}, \
+                 because {}); kernel {}; guests booted (agent channel: vsock); paused by \
+                 PATCH /vm",
+                c.firecracker
+                    .as_ref()
+                    .map_or_else(|| "not found".into(), |(f, _)| f.display().to_string()),
+                if c.accel == Accel::Kvm {
+                    "yes"
+                } else {
+                    "NO: guests will not boot"
+                },
+                c.accel_reason,
+                c.vmlinux
+                    .as_ref()
+                    .map_or_else(|| "no vmlinux".into(), |v| v.display().to_string()),
+            );
+        }
         format!(
             "QEMU microvm ({}) with accel {} because {}; kernel {}; guests {} (agent channel: \
              {}); paused by {}",
@@ -659,7 +717,7 @@ impl MicrovmSandbox {
     fn agent_of(
         &self,
         name: &str,
-        vm: ProcessAgent,
+        vm: Vm,
         mailbox: Arc<Mailbox>,
         endpoint: Option<wire::Endpoint>,
     ) -> MicrovmAgent {
@@ -691,9 +749,19 @@ impl MicrovmSandbox {
         agent.kill("the guest did not start");
         match e {
             SandboxError::Timeout { .. } => SandboxError::Unavailable(format!(
-                "agent {name}: {waiting} within {:?} (accel {}); its console ends: {tail}",
+                "agent {name}: {waiting} within {:?} ({}; hardware virtualization: {}, \
+                 because {}); its console ends: {tail}",
                 self.config.boot_timeout,
-                self.config.accel.name()
+                match self.config.vmm {
+                    VmmChoice::Qemu => format!("QEMU with accel {}", self.config.accel.name()),
+                    VmmChoice::Firecracker => "Firecracker".to_string(),
+                },
+                if self.config.accel == Accel::Kvm {
+                    "yes"
+                } else {
+                    "no"
+                },
+                self.config.accel_reason
             )),
             other => other,
         }
@@ -712,9 +780,131 @@ impl MicrovmSandbox {
             ChannelKind::Vsock,
             None,
         )?;
-        let mut agent = self.agent_of(&spec.name, vm, mailbox, endpoint);
+        let mut agent = self.agent_of(&spec.name, Vm::Process(Box::new(vm)), mailbox, endpoint);
         let started = Instant::now();
         if let Err(e) = agent.boot(self.config.boot_timeout) {
+            return Err(self.failed(agent, e, "the guest's init did not connect over vsock"));
+        }
+        agent.boot = started.elapsed();
+        Ok(agent)
+    }
+
+    /// Boots `spec` under Firecracker in its jailer and returns it paused once its init has
+    /// connected over vsock. Needs working KVM: under KVM-PVM the guest never reaches init and
+    /// this fails at the boot timeout, saying so.
+    pub fn spawn_firecracker(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+        let c = &self.config;
+        let img = self.image_of(spec)?;
+        let (binary, jailer) = c.firecracker.clone().ok_or_else(|| {
+            missing(
+                "firecracker and its jailer",
+                "install Firecracker's release binaries, or set MAXWELL_FIRECRACKER and \
+                 MAXWELL_JAILER",
+            )
+        })?;
+        let vmlinux = c.vmlinux.clone().ok_or_else(|| {
+            missing(
+                "the guest kernel as an ELF vmlinux (what Firecracker loads)",
+                "run .ci/microvm-deps, which extracts boot/vmlinux-* from the vmlinuz",
+            )
+        })?;
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Another range than the process backend's (0xE000_0000 + pid << 12).
+        let uid = 0xE100_0000 + ((std::process::id() & 0xFFFF) << 8) + (seq & 0xFF);
+        let base = self.templates.dir.join("jails");
+        let logs = self.templates.dir.join(format!("{}.fc", spec.name));
+        for d in [&base, &logs] {
+            fs::create_dir_all(d)
+                .map_err(|e| SandboxError::io(format!("creating {}", d.display()), e))?;
+        }
+        let guest_mib = spec.limits.memory_max.0 >> 20;
+        let jail = firecracker::Jail {
+            jailer,
+            chroot_base: base,
+            uid,
+            memory_max: (guest_mib << 20) + VMM_OVERHEAD.0,
+            pids_max: spec.limits.pids_max.max(64),
+        };
+        let mut fc = firecracker::Firecracker::launch(
+            &binary,
+            &spec.name,
+            &logs,
+            Some(&jail),
+            c.api_timeout.max(Duration::from_secs(2)),
+        )?;
+        let root = fc.root().to_path_buf();
+        let prepared = (|| {
+            let put_link = |from: &Path, name: &str| {
+                let to = root.join(name);
+                if fs::hard_link(from, &to).is_err() {
+                    fs::copy(from, &to)
+                        .map_err(|e| SandboxError::io(format!("copying {}", from.display()), e))?;
+                }
+                Ok::<_, SandboxError>(())
+            };
+            put_link(&vmlinux, "vmlinux")?;
+            fs::write(root.join("initrd.cpio"), &img)
+                .map_err(|e| SandboxError::io("writing the image into the jail", e))?;
+            hand_over(&root.join("initrd.cpio"), uid, 0o400)?;
+            let mailbox = Arc::new(Mailbox::default());
+            let endpoint = wire::Endpoint::start(
+                &root.join(format!("vsock.sock_{AGENT_PORT}")),
+                &spec.name,
+                mailbox.clone(),
+            )?;
+            hand_over(endpoint.path(), uid, 0o600)?;
+            let append = format!(
+                "console=ttyS0 panic=-1 reboot=k quiet init_on_free=1 maxwell.agent={} \
+                 maxwell.port={AGENT_PORT}",
+                spec.name
+            );
+            fc.configure(
+                guest_mib,
+                "vmlinux",
+                Some("initrd.cpio"),
+                &append,
+                "vsock.sock",
+            )?;
+            fc.start()?;
+            Ok((mailbox, endpoint))
+        })();
+        let cgroups = fc.cgroups();
+        let (mailbox, endpoint) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                fc.kill();
+                let _ = fs::remove_dir_all(&logs);
+                return Err(e);
+            }
+        };
+        let vm = Vm::Jailed(Box::new(JailedVm {
+            fc,
+            uid,
+            cgroups,
+            exit: None,
+            logs,
+        }));
+        let mut agent = self.agent_of(&spec.name, vm, mailbox, Some(endpoint));
+        agent.pause_via = PauseVia::Vmm;
+        let started = Instant::now();
+        let deadline = started + c.boot_timeout;
+        let booted = (|| {
+            while agent.endpoint.as_ref().map_or(0, wire::Endpoint::accepted) == 0 {
+                agent.check_alive()?;
+                if Instant::now() >= deadline {
+                    return Err(SandboxError::Timeout {
+                        name: agent.name.clone(),
+                        what: "the guest's boot",
+                    });
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            agent.pause()?;
+            agent.last_cpu = vcpu_ns(agent.vm.pid())?;
+            Ok(())
+        })();
+        if let Err(e) = booted {
             return Err(self.failed(agent, e, "the guest's init did not connect over vsock"));
         }
         agent.boot = started.elapsed();
@@ -736,7 +926,7 @@ impl MicrovmSandbox {
             ChannelKind::Template,
             None,
         )?;
-        let mut agent = self.agent_of(&name, vm, mailbox, None);
+        let mut agent = self.agent_of(&name, Vm::Process(Box::new(vm)), mailbox, None);
         let deadline = Instant::now() + self.config.boot_timeout;
         let saved = (|| {
             agent.vm.resume()?;
@@ -789,7 +979,7 @@ impl MicrovmSandbox {
             ChannelKind::Restored,
             Some(&template_ram(state)),
         )?;
-        let mut agent = self.agent_of(&spec.name, vm, mailbox, None);
+        let mut agent = self.agent_of(&spec.name, Vm::Process(Box::new(vm)), mailbox, None);
         let deadline = Instant::now() + self.config.boot_timeout;
         let restored = (|| {
             agent.vm.resume()?;
@@ -1047,6 +1237,139 @@ impl Sandbox for MicrovmSandbox {
     }
 }
 
+/// The contained process a guest lives in: QEMU (and its vsock device) as a process agent, or
+/// Firecracker under its jailer.
+#[derive(Debug)]
+enum Vm {
+    Process(Box<ProcessAgent>),
+    Jailed(Box<JailedVm>),
+}
+
+/// Firecracker under its jailer.
+#[derive(Debug)]
+struct JailedVm {
+    fc: firecracker::Firecracker,
+    uid: u32,
+    cgroups: Vec<PathBuf>,
+    exit: Option<Exit>,
+    /// Firecracker's log and the guest's console, outside the jail.
+    logs: PathBuf,
+}
+
+impl Drop for JailedVm {
+    fn drop(&mut self) {
+        self.fc.kill();
+        let _ = fs::remove_dir_all(&self.logs);
+    }
+}
+
+impl Vm {
+    fn pid(&self) -> u32 {
+        match self {
+            Vm::Process(p) => p.pid(),
+            Vm::Jailed(j) => j.fc.pid(),
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        match self {
+            Vm::Process(p) => p.pids(),
+            Vm::Jailed(j) => {
+                let mut out = vec![j.fc.pid() as i32];
+                for c in &j.cgroups {
+                    out.extend(crate::process::testing::procs_of(c));
+                }
+                out
+            }
+        }
+    }
+
+    fn home(&self) -> &Path {
+        match self {
+            Vm::Process(p) => p.home(),
+            Vm::Jailed(j) => j.fc.root(),
+        }
+    }
+
+    /// The guest's console log (Firecracker's own log holds the guest's serial output).
+    fn console(&self) -> PathBuf {
+        match self {
+            Vm::Process(p) => p.home().join("console.log"),
+            Vm::Jailed(j) => j.logs.join("firecracker.log"),
+        }
+    }
+
+    fn cgroups(&self) -> Vec<PathBuf> {
+        match self {
+            Vm::Process(p) => p.cgroups().to_vec(),
+            Vm::Jailed(j) => j.cgroups.clone(),
+        }
+    }
+
+    fn uid(&self) -> u32 {
+        match self {
+            Vm::Process(p) => p.uid(),
+            Vm::Jailed(j) => j.uid,
+        }
+    }
+
+    /// Thaws (a process agent starts frozen); a jailed Firecracker was never frozen.
+    fn resume(&mut self) -> Result<(), SandboxError> {
+        match self {
+            Vm::Process(p) => p.resume(),
+            Vm::Jailed(_) => Ok(()),
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), SandboxError> {
+        match self {
+            Vm::Process(p) => p.pause(),
+            Vm::Jailed(_) => Err(SandboxError::Unavailable(
+                "Firecracker guests pause through its API".into(),
+            )),
+        }
+    }
+
+    fn kill(&mut self, reason: &str) -> Exit {
+        match self {
+            Vm::Process(p) => p.kill(reason),
+            Vm::Jailed(j) => {
+                if let Some(e) = &j.exit {
+                    return e.clone();
+                }
+                j.fc.kill();
+                let e = Exit {
+                    reason: ExitReason::Killed,
+                    detail: format!("{reason} (firecracker killed, its jail removed)"),
+                };
+                j.exit = Some(e.clone());
+                e
+            }
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        match self {
+            Vm::Process(p) => p.status(),
+            Vm::Jailed(j) => {
+                if let Some(e) = &j.exit {
+                    return Status::Exited(e.clone());
+                }
+                if j.fc.alive() {
+                    return Status::Running;
+                }
+                j.fc.kill();
+                let e = Exit {
+                    reason: ExitReason::Crashed,
+                    detail: "firecracker exited".into(),
+                };
+                j.exit = Some(e.clone());
+                Status::Exited(e)
+            }
+        }
+    }
+}
+
 /// QEMU driven over QMP.
 #[derive(Debug)]
 pub struct Qemu {
@@ -1081,7 +1404,7 @@ impl Vmm for Qemu {
 pub struct MicrovmAgent {
     name: String,
     vmm: Option<Box<dyn Vmm>>,
-    vm: ProcessAgent,
+    vm: Vm,
     /// The vsock endpoint of a booted guest.
     endpoint: Option<wire::Endpoint>,
     /// The serial channel of a guest restored from a template.
@@ -1174,7 +1497,7 @@ impl MicrovmAgent {
     }
 
     /// The VM's cgroups.
-    pub fn cgroups(&self) -> &[PathBuf] {
+    pub fn cgroups(&self) -> Vec<PathBuf> {
         self.vm.cgroups()
     }
 
@@ -1218,8 +1541,7 @@ impl MicrovmAgent {
     }
 
     fn console_says(&self, what: &str) -> bool {
-        fs::read(self.vm.home().join("console.log"))
-            .is_ok_and(|t| String::from_utf8_lossy(&t).contains(what))
+        fs::read(self.vm.console()).is_ok_and(|t| String::from_utf8_lossy(&t).contains(what))
     }
 
     fn boot(&mut self, wait: Duration) -> Result<(), SandboxError> {
@@ -1256,10 +1578,9 @@ impl MicrovmAgent {
     /// The last line of the guest's console, or else of the VMM's own output (for error
     /// messages).
     fn console_tail(&self) -> String {
-        let home = self.vm.home();
-        let mut text = fs::read(home.join("console.log")).unwrap_or_default();
+        let mut text = fs::read(self.vm.console()).unwrap_or_default();
         if text.iter().all(u8::is_ascii_whitespace) {
-            text = fs::read(home.join("vmm.log")).unwrap_or_default();
+            text = fs::read(self.vm.home().join("vmm.log")).unwrap_or_default();
         }
         let text = String::from_utf8_lossy(&text);
         let mut last: Vec<&str> = text
@@ -1278,7 +1599,7 @@ impl MicrovmAgent {
 
     /// What the console says of the agent's end: `Some(code)` if the init reported it.
     fn reported_exit(&self) -> Option<i32> {
-        let text = fs::read(self.vm.home().join("console.log")).ok()?;
+        let text = fs::read(self.vm.console()).ok()?;
         let text = String::from_utf8_lossy(&text);
         text.lines()
             .rev()
@@ -1344,6 +1665,9 @@ impl MicrovmAgent {
     ) -> Result<(), SandboxError> {
         if let Status::Exited(_) = self.status() {
             return Err(self.exited_error());
+        }
+        if let Vm::Jailed(j) = &mut self.vm {
+            return f(&mut j.fc);
         }
         let Some(vmm) = self.vmm.as_deref_mut() else {
             return Err(SandboxError::Unavailable(format!(

@@ -55,6 +55,15 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The processes in a cgroup directory (`cgroup.procs`; none if it is gone).
+pub fn procs_of(dir: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Remembers every process and cgroup of a test's agents, to check that none is left.
 #[derive(Debug, Default)]
 pub struct Leaks {
