@@ -109,6 +109,15 @@ fn the_api_pauses_resumes_snapshots_and_restores_a_vm() {
     .unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(2), "{e}");
 
+    // The host reads the guest's RAM (for erasure sampling) from the VMM's mapping of it:
+    // the spin "kernel" was loaded at 16 MiB, ELF header first.
+    let ram = maxwell_sandbox::microvm::GuestRam::mapped(fc.pid(), 64 << 20)
+        .expect("Firecracker's guest memory mapping");
+    let mut page = vec![0u8; 4096];
+    ram.read_page(16 << 20, &mut page).unwrap();
+    assert_eq!(&page[..4], b"\x7fELF", "guest page at 16 MiB");
+    assert!(ram.resident().unwrap() >= 4096);
+
     fc.pause().unwrap();
     let t = Instant::now();
     fc.snapshot_create("vm.state", "vm.mem").unwrap();

@@ -901,6 +901,7 @@ impl MicrovmSandbox {
                 thread::sleep(Duration::from_millis(5));
             }
             agent.pause()?;
+            agent.memfd = GuestRam::mapped(agent.vm.pid(), guest_mib << 20);
             agent.last_cpu = vcpu_ns(agent.vm.pid())?;
             Ok(())
         })();
@@ -994,7 +995,9 @@ impl MicrovmSandbox {
                 deadline,
             )?;
             agent.serial = Some(link);
-            agent.memfd = File::open(agent.vm.home().join("ram")).ok();
+            agent.memfd = File::open(agent.vm.home().join("ram"))
+                .ok()
+                .map(GuestRam::File);
             agent.pause()?;
             agent.last_cpu = vcpu_ns(agent.vm.pid())?;
             Ok(())
@@ -1410,7 +1413,7 @@ pub struct MicrovmAgent {
     /// The serial channel of a guest restored from a template.
     serial: Option<SerialLink>,
     mailbox: Arc<Mailbox>,
-    memfd: Option<File>,
+    memfd: Option<GuestRam>,
     sampler: PageSampler,
     last_cpu: u64,
     paused: bool,
@@ -1447,6 +1450,96 @@ fn vcpu_ns(pid: u32) -> Result<u64, SandboxError> {
         }
     }
     Ok(total)
+}
+
+/// Where the host reads a guest's RAM from, to sample its erasure.
+#[derive(Debug)]
+pub enum GuestRam {
+    /// A file holding it (QEMU's memfd or RAM file): guest page `n` at offset `n * 4096`.
+    File(File),
+    /// A mapping in the VMM's own memory (Firecracker's anonymous guest memory), read through
+    /// `/proc/<pid>/mem`.
+    Mapped {
+        /// `/proc/<pid>/mem`.
+        mem: File,
+        /// The VMM's pid.
+        pid: u32,
+        /// Where the mapping starts in the VMM's address space.
+        base: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl GuestRam {
+    /// The guest RAM mapped by `pid` (a guest below 3 GiB has one region): its anonymous
+    /// read-write mapping of `len` bytes. The kernel merges adjacent anonymous mappings of the
+    /// same protection, and Firecracker's guest memory is mapped just below a malloc arena, so
+    /// the mapping found may run up to a megabyte past `len`; the guest's memory is its start
+    /// (checked by the tests: the spin guest's page at 16 MiB is the ELF it was loaded from).
+    pub fn mapped(pid: u32, len: u64) -> Option<GuestRam> {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let base = maps.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let (_, _, inode) = (f.next()?, f.next()?, f.next()?);
+            let anonymous = inode == "0" && f.next().is_none();
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            let fits = b - a >= len && b - a <= len + (1 << 20);
+            (fits && anonymous && perms.starts_with("rw")).then_some(a)
+        })?;
+        let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+        Some(GuestRam::Mapped {
+            mem,
+            pid,
+            base,
+            len,
+        })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            GuestRam::File(f) => f.metadata().map_or(0, |m| m.len()),
+            GuestRam::Mapped { len, .. } => *len,
+        }
+    }
+
+    /// Whether it has no pages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of it the guest has touched (allocated blocks, or the mapping's `Rss`).
+    pub fn resident(&self) -> std::io::Result<u64> {
+        match self {
+            GuestRam::File(f) => Ok(f.metadata()?.blocks() * 512),
+            GuestRam::Mapped { pid, base, .. } => {
+                let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+                let head = format!("{base:x}-");
+                // The first `Rss:` after the mapping's header line is the mapping's.
+                let kb = smaps
+                    .lines()
+                    .skip_while(|l| !l.starts_with(&head))
+                    .find_map(|l| l.strip_prefix("Rss:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                Ok(kb * 1024)
+            }
+        }
+    }
+
+    /// Reads the page at `offset` of guest RAM into `buf`.
+    pub fn read_page(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            GuestRam::File(f) => f.read_exact_at(buf, offset),
+            GuestRam::Mapped { mem, base, .. } => mem.read_exact_at(buf, base + offset),
+        }
+    }
 }
 
 /// The guest RAM's memfd among `pid`'s open files.
@@ -1558,7 +1651,7 @@ impl MicrovmAgent {
             }
             thread::sleep(Duration::from_millis(5));
         }
-        self.memfd = find_memfd(self.vm.pid());
+        self.memfd = find_memfd(self.vm.pid()).map(GuestRam::File);
         self.pause()?;
         // Boot is the operator's cost, not the agent's.
         self.last_cpu = vcpu_ns(self.vm.pid())?;
@@ -1734,15 +1827,15 @@ impl Agent for MicrovmAgent {
             ..Usage::default()
         };
         self.last_cpu = self.last_cpu.max(cpu);
-        if let Some(f) = &self.memfd {
-            let meta = f
-                .metadata()
-                .map_err(|e| SandboxError::io("reading the guest RAM's size", e))?;
-            u.resident = Bytes(meta.blocks() * 512);
-            let pages = (meta.len() as usize) / CHUNK;
+        if let Some(ram) = &self.memfd {
+            u.resident = Bytes(
+                ram.resident()
+                    .map_err(|e| SandboxError::io("reading the guest RAM's size", e))?,
+            );
+            let pages = (ram.len() as usize) / CHUNK;
             let mut failed = None;
             u.erased = self.sampler.observe_pages(pages, |page, buf| {
-                if let Err(e) = f.read_exact_at(buf, (page * CHUNK) as u64) {
+                if let Err(e) = ram.read_page((page * CHUNK) as u64, buf) {
                     buf.fill(0);
                     failed = Some(e);
                 }
