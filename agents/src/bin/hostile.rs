@@ -6,7 +6,10 @@
 //! - `silent`: connects, says nothing, never exits;
 //! - `exit`: exits with code 3 at once;
 //! - `crash-kernel` (in a microVM guest, where it runs as the guest's root): panics the guest's
-//!   kernel through `/proc/sysrq-trigger`.
+//!   kernel through `/proc/sysrq-trigger`;
+//! - `spin`: burns its CPU and never says a word;
+//! - `erase`: overwrites 32 MiB of its memory with new values, over and over, and never says a
+//!   word (whatever it would claim, the host measures its erasure).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -64,6 +67,23 @@ fn main() {
             }
         }
         "exit" => std::process::exit(3),
+        "spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        "erase" => {
+            let mut mem = vec![0u8; 32 << 20];
+            let mut v = 1u8;
+            loop {
+                for page in mem.chunks_mut(4096) {
+                    page.fill(v);
+                }
+                std::hint::black_box(&mem);
+                v = v.wrapping_add(1).max(1);
+            }
+        }
         "crash-kernel" => {
             let r = std::fs::write("/proc/sysrq-trigger", b"c");
             eprintln!("hostile: sysrq: {r:?}");

@@ -424,3 +424,58 @@ fn check_restored(left: &Left) {
         assert!(!d.exists(), "{} was left behind", d.display());
     }
 }
+
+#[test]
+fn a_spinning_guest_stops_when_paused_and_its_erasure_is_measured_by_the_host() {
+    let Some((_g, sb, bins)) = setup() else {
+        return;
+    };
+    for restored in BOTH {
+        // Spinning: paused, its vCPU does not run.
+        let (mut a, left) = hostile(&sb, &bins, "spin", restored);
+        a.resume().unwrap();
+        thread::sleep(Duration::from_secs(1));
+        let ran = a.usage().unwrap();
+        assert!(ran.cpu.0 > 300_000_000, "restored {restored}: spun {ran:?}");
+        let t = Instant::now();
+        a.pause().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        a.usage().unwrap();
+        thread::sleep(Duration::from_millis(500));
+        let paused = a.usage().unwrap();
+        assert!(
+            paused.cpu.0 < 5_000_000,
+            "restored {restored}: paused {paused:?}"
+        );
+        // Spinning in registers erases (almost) nothing.
+        let idle_erasure = ran.erased.0;
+        drop(a);
+        check_restored(&left);
+
+        // Overwriting 32 MiB again and again: the host's samples of the guest's RAM see it,
+        // though the guest says nothing.
+        let (mut a, left) = hostile(&sb, &bins, "erase", restored);
+        a.resume().unwrap();
+        let mut erased = 0u64;
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(100));
+            erased += a.usage().unwrap().erased.0;
+        }
+        eprintln!(
+            "restored {restored}: erased {} MiB in 2 s by the eraser, {} KiB in 1 s by the spinner",
+            erased >> 20,
+            idle_erasure >> 10
+        );
+        assert!(
+            erased > 16 << 20,
+            "restored {restored}: erased {erased} bytes"
+        );
+        assert!(a.usage().unwrap().resident.0 > 32 << 20);
+        drop(a);
+        check_restored(&left);
+    }
+}
