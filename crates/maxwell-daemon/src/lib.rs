@@ -367,6 +367,9 @@ fn open_sandbox(backend: Backend) -> anyhow::Result<Arc<dyn Sandbox>> {
                     anyhow::anyhow!("{e}; set backend = \"wasm\" in the config to run without it")
                 })?;
             tracing::info!(vmm = %sb.describe(), "microvm backend");
+            for r in sb.reaped() {
+                tracing::warn!(what = %r, "reaped what a daemon that was killed left");
+            }
             Arc::new(sb)
         }
         Backend::Wasm => Arc::new(maxwell_sandbox::wasm::WasmSandbox::new()?),

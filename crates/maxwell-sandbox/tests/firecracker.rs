@@ -207,7 +207,13 @@ fn under_the_jailer_the_vmm_is_unprivileged_chrooted_and_limited() {
         "the host's files are visible"
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(cgroup.contains("maxwell-firecracker/fc-jailed"), "{cgroup}");
+    assert!(
+        cgroup.contains(&format!(
+            "maxwell-firecracker-{}/fc-jailed",
+            std::process::id()
+        )),
+        "{cgroup}"
+    );
     // The spin "kernel" goes into the jail, where the VMM can read it.
     std::fs::write(fc.root().join("spin.elf"), spin_elf()).unwrap();
     nix::unistd::chown(
@@ -340,4 +346,45 @@ fn the_backend_boots_guests_under_firecracker_where_kvm_works_and_says_why_not_e
         }
     }
     assert!(!fc_alive(), "firecracker is still running");
+}
+
+/// What a daemon killed with SIGKILL leaves of Firecracker guests (its jails' cgroups with
+/// their VMs, outside the process backend's watchdog) is killed and removed by the next one.
+#[test]
+fn a_dead_daemons_jails_are_reaped() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("MAXWELL_REQUIRE_MICROVM_TESTS").as_deref() != Ok("1"),
+            "MAXWELL_REQUIRE_MICROVM_TESTS=1 but not root"
+        );
+        eprintln!("SKIP: reaping jails needs root");
+        return;
+    }
+    let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists())
+        .unwrap();
+    // A pid that is gone: a child that has exited and been reaped.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let parent = root.join(format!("maxwell-firecracker-{dead}"));
+    let vm = parent.join("orphan");
+    std::fs::create_dir_all(&vm).unwrap();
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(vm.join("cgroup.procs"), orphan.id().to_string()).unwrap();
+    let reaped = maxwell_sandbox::microvm::firecracker::reap_jails();
+    assert!(
+        reaped
+            .iter()
+            .any(|r| r.contains("orphan") && r.contains("1 process")),
+        "{reaped:?}"
+    );
+    let status = orphan.wait().unwrap();
+    assert!(!status.success(), "the orphan was killed: {status}");
+    assert!(!parent.exists(), "{} is left", parent.display());
 }

@@ -479,3 +479,25 @@ fn a_spinning_guest_stops_when_paused_and_its_erasure_is_measured_by_the_host() 
         check_restored(&left);
     }
 }
+
+#[test]
+fn a_dead_daemons_templates_are_removed_by_the_next_sandbox() {
+    let Some((_g, _sb, _)) = setup() else {
+        return;
+    };
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let left = std::env::temp_dir().join(format!("maxwell-templates-{dead}"));
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("0.state.ram"), b"old").unwrap();
+    let sb = MicrovmSandbox::new(MicrovmConfig::discover().unwrap()).unwrap();
+    assert!(
+        sb.reaped()
+            .iter()
+            .any(|r| r.contains(&format!("maxwell-templates-{dead}"))),
+        "{:?}",
+        sb.reaped()
+    );
+    assert!(!left.exists());
+}

@@ -57,6 +57,67 @@ fn api_error(what: String) -> SandboxError {
     SandboxError::Unavailable(format!("firecracker: {what}"))
 }
 
+/// The parent cgroup of this process's jails, `maxwell-firecracker-<pid>`: a successor of a
+/// daemon killed without cleaning up finds its jails by the dead pid ([`reap_jails`]).
+pub fn parent_cgroup() -> String {
+    format!("maxwell-firecracker-{}", std::process::id())
+}
+
+/// Kills the processes in, and removes, the jail cgroups of Maxwell processes that are gone
+/// (the jailer's VMs are not under the process backend's watchdog); one line each.
+pub fn reap_jails() -> Vec<String> {
+    let mut out = Vec::new();
+    let roots = [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+    ];
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("maxwell-firecracker-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let parent = e.path();
+            for vm in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if !vm.path().is_dir() {
+                    continue;
+                }
+                let procs = crate::process::testing::procs_of(&vm.path());
+                for p in &procs {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !crate::process::testing::procs_of(&vm.path()).is_empty()
+                    && Instant::now() < deadline
+                {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                let _ = std::fs::remove_dir(vm.path());
+                out.push(format!(
+                    "{}: a dead daemon's Firecracker jail, {} process(es) killed",
+                    vm.path().display(),
+                    procs.len()
+                ));
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+    out
+}
+
 /// Whether the cgroup v2 hierarchy is mounted at `/sys/fs/cgroup` (a pure cgroup2 host).
 fn pure_cgroup2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
@@ -130,13 +191,14 @@ impl Firecracker {
                     .arg("--chroot-base-dir")
                     .arg(&j.chroot_base)
                     .args(["--cgroup-version", if v2 { "2" } else { "1" }])
-                    .args(["--parent-cgroup", "maxwell-firecracker"]);
+                    .args(["--parent-cgroup", &parent_cgroup()]);
                 let mut cgroups = Vec::new();
                 if v2 {
                     c.args(["--cgroup", &format!("memory.max={}", j.memory_max)]);
                     c.args(["--cgroup", &format!("pids.max={}", j.pids_max)]);
                     cgroups.push(PathBuf::from(format!(
-                        "/sys/fs/cgroup/maxwell-firecracker/{id}"
+                        "/sys/fs/cgroup/{}/{id}",
+                        parent_cgroup()
                     )));
                 } else {
                     c.args([
@@ -146,7 +208,8 @@ impl Firecracker {
                     c.args(["--cgroup", &format!("pids.max={}", j.pids_max)]);
                     for ctl in ["memory", "pids"] {
                         cgroups.push(PathBuf::from(format!(
-                            "/sys/fs/cgroup/{ctl}/maxwell-firecracker/{id}"
+                            "/sys/fs/cgroup/{ctl}/{}/{id}",
+                            parent_cgroup()
                         )));
                     }
                 }
@@ -365,6 +428,10 @@ impl Firecracker {
             let _ = std::fs::remove_dir_all(&dir);
             for c in cgroups {
                 let _ = std::fs::remove_dir(&c);
+                // The per-process parent goes with the last jail in it.
+                if let Some(parent) = c.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
             }
         }
     }

@@ -336,6 +336,7 @@ pub struct MicrovmSandbox {
     config: Arc<MicrovmConfig>,
     process: ProcessSandbox,
     templates: Arc<Templates>,
+    reaped: Arc<Vec<String>>,
 }
 
 /// Snapshots of booted guests, one per program, arguments and memory; removed with the last
@@ -364,6 +365,10 @@ impl MicrovmSandbox {
                 "the microvm backend contains each VMM as a process agent: {e}"
             ))
         })?;
+        // What a predecessor killed without cleaning up left: its jails' VMs (the process
+        // backend's own reaping covers QEMU guests) and its templates.
+        let mut reaped = firecracker::reap_jails();
+        reaped.extend(reap_templates());
         let dir = std::env::temp_dir().join(format!("maxwell-templates-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::DirBuilder::new()
@@ -373,11 +378,19 @@ impl MicrovmSandbox {
         Ok(MicrovmSandbox {
             config: Arc::new(config),
             process,
+            reaped: Arc::new(reaped),
             templates: Arc::new(Templates {
                 dir,
                 made: Default::default(),
             }),
         })
+    }
+
+    /// What was reaped at start (a dead daemon's guests, jails and templates), one line each.
+    pub fn reaped(&self) -> Vec<String> {
+        let mut out = self.process.reaped().to_vec();
+        out.extend(self.reaped.iter().cloned());
+        out
     }
 
     /// The configuration in use.
@@ -1216,6 +1229,34 @@ impl SerialLink {
             }
         }
     }
+}
+
+/// Removes the template directories (`<tmp>/maxwell-templates-<pid>`) of processes that are
+/// gone; one line each.
+fn reap_templates() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("maxwell-templates-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && fs::remove_dir_all(e.path()).is_ok()
+        {
+            out.push(format!(
+                "{}: a dead daemon's microVM templates, removed",
+                e.path().display()
+            ));
+        }
+    }
+    out
 }
 
 /// A per-agent secret for the erasure sampler: the guest must not know which pages are watched.
