@@ -228,9 +228,13 @@ pub trait Agent: Send {
     /// CPU time and erasure since the last call, resident memory now.
     fn usage(&mut self) -> Result<Usage, SandboxError>;
     /// What it said since the last call.
-    fn drain(&mut self) -> Vec<Message>;
+    fn drain(&mut self) -> Vec<Message> {
+        self.mailbox().drain()
+    }
     /// Tells it its balance and the clearing price (what `balance` and `price` answer).
-    fn inform(&self, balance: Tokens, price: Tokens);
+    fn inform(&self, balance: Tokens, price: Tokens) {
+        self.mailbox().inform(balance, price);
+    }
     /// Its mailbox: what it is told (income, work leased to it) beyond balance and price.
     fn mailbox(&self) -> &Mailbox;
     /// Where it is now.

@@ -789,14 +789,6 @@ impl Agent for WasmAgent {
         })
     }
 
-    fn drain(&mut self) -> Vec<Message> {
-        self.mailbox.drain()
-    }
-
-    fn inform(&self, balance: Tokens, price: Tokens) {
-        self.mailbox.inform(balance, price);
-    }
-
     fn mailbox(&self) -> &Mailbox {
         &self.mailbox
     }

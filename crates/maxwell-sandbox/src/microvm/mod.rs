@@ -40,14 +40,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use maxwell_core::{Bytes, Nanos, Tokens};
+use maxwell_core::{Bytes, Nanos};
 use serde::Serialize;
 
 use crate::erasure::{CHUNK, PageSampler};
 use crate::process::{ProcessAgent, ProcessSandbox, hand_over, wire};
 use crate::{
-    Agent, AgentSpec, Exit, ExitReason, Limits, Mailbox, Message, Program, Sandbox, SandboxError,
-    Status, Usage, check_name,
+    Agent, AgentSpec, Exit, ExitReason, Limits, Mailbox, Program, Sandbox, SandboxError, Status,
+    Usage, check_name,
 };
 
 pub mod firecracker;
@@ -1792,6 +1792,26 @@ impl MicrovmAgent {
         }
     }
 
+    /// Resumes (`run`) or pauses the guest by the configured means.
+    fn set_running(&mut self, run: bool) -> Result<(), SandboxError> {
+        match self.pause_via {
+            PauseVia::Vmm if run => self.vmm_call("resume", |v| v.resume())?,
+            PauseVia::Vmm => self.vmm_call("pause", |v| v.pause())?,
+            PauseVia::Freezer => {
+                if let Status::Exited(_) = self.status() {
+                    return Err(self.exited_error());
+                }
+                if run {
+                    self.vm.resume()?;
+                } else {
+                    self.vm.pause()?;
+                }
+            }
+        }
+        self.paused = !run;
+        Ok(())
+    }
+
     fn vmm_call(
         &mut self,
         what: &'static str,
@@ -1819,31 +1839,11 @@ impl Agent for MicrovmAgent {
     }
 
     fn resume(&mut self) -> Result<(), SandboxError> {
-        match self.pause_via {
-            PauseVia::Vmm => self.vmm_call("resume", |v| v.resume())?,
-            PauseVia::Freezer => {
-                if let Status::Exited(_) = self.status() {
-                    return Err(self.exited_error());
-                }
-                self.vm.resume()?;
-            }
-        }
-        self.paused = false;
-        Ok(())
+        self.set_running(true)
     }
 
     fn pause(&mut self) -> Result<(), SandboxError> {
-        match self.pause_via {
-            PauseVia::Vmm => self.vmm_call("pause", |v| v.pause())?,
-            PauseVia::Freezer => {
-                if let Status::Exited(_) = self.status() {
-                    return Err(self.exited_error());
-                }
-                self.vm.pause()?;
-            }
-        }
-        self.paused = true;
-        Ok(())
+        self.set_running(false)
     }
 
     fn kill(&mut self, reason: &str) -> Exit {
@@ -1886,14 +1886,6 @@ impl Agent for MicrovmAgent {
             }
         }
         Ok(u)
-    }
-
-    fn drain(&mut self) -> Vec<Message> {
-        self.mailbox.drain()
-    }
-
-    fn inform(&self, balance: Tokens, price: Tokens) {
-        self.mailbox.inform(balance, price);
     }
 
     fn mailbox(&self) -> &Mailbox {

@@ -56,11 +56,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use maxwell_agent::{AGENT_ENV, SOCKET_ENV};
-use maxwell_core::{Bytes, Nanos, Tokens};
+use maxwell_core::{Bytes, Nanos};
 
 use crate::{
-    Agent, AgentSpec, Exit, ExitReason, Mailbox, Message, Program, Sandbox, SandboxError, Status,
-    Usage, check_name,
+    Agent, AgentSpec, Exit, ExitReason, Mailbox, Program, Sandbox, SandboxError, Status, Usage,
+    check_name,
 };
 
 mod cgroup;
@@ -877,14 +877,6 @@ impl Agent for ProcessAgent {
         self.last_cpu = self.last_cpu.max(cpu);
         self.last_resident = resident;
         Ok(u)
-    }
-
-    fn drain(&mut self) -> Vec<Message> {
-        self.mailbox.drain()
-    }
-
-    fn inform(&self, balance: Tokens, price: Tokens) {
-        self.mailbox.inform(balance, price);
     }
 
     fn mailbox(&self) -> &Mailbox {
