@@ -422,8 +422,8 @@ impl MicrovmSandbox {
         }
     }
 
-    /// The template for `spec`'s program, arguments and memory, made on first use. Spawns of
-    /// one program wait for each other while its template is made (once).
+    /// The template for `spec`'s program, arguments and memory, made on first use. Spawns wait
+    /// while a template is made (a boot, once per program; off the tick thread).
     fn template_for(&self, spec: &AgentSpec) -> Result<PathBuf, SandboxError> {
         let Program::Native { path, args } = &spec.program else {
             return Err(SandboxError::InvalidSpec(format!(
