@@ -33,7 +33,7 @@ pub(crate) fn run(a: &CrashArgs) -> anyhow::Result<Exit> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::ledger::default_data_dir);
-    let (dir, daemon, client, key) = crate::daemon_cli::fresh_daemon(&data, "crash")?;
+    let (dir, daemon, client, key) = crate::daemon_cli::fresh_daemon(&data, "crash", None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

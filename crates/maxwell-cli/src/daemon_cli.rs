@@ -514,11 +514,16 @@ pub(crate) fn events(a: &EventsArgs) -> anyhow::Result<Exit> {
 pub(crate) struct ChildDaemon(std::process::Child);
 
 impl ChildDaemon {
-    /// Starts this binary's daemon on `dir`, its log going to `stderr`.
+    /// Starts this binary's daemon on `dir`, its log going to `stderr`; with `dir/maxwell.toml`
+    /// as its config where that file exists.
     pub(crate) fn start(dir: &Path, stderr: std::process::Stdio) -> anyhow::Result<ChildDaemon> {
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(["daemon", "--data-dir"])
-            .arg(dir)
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["daemon", "--data-dir"]).arg(dir);
+        let config = dir.join("maxwell.toml");
+        if config.is_file() {
+            cmd.arg("--config").arg(config);
+        }
+        let child = cmd
             .env("MAXWELL_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -558,12 +563,16 @@ impl Drop for ChildDaemon {
 pub(crate) fn fresh_daemon(
     data: &Path,
     what: &str,
+    config: Option<&str>,
 ) -> anyhow::Result<(PathBuf, ChildDaemon, Client, ed25519_dalek::SigningKey)> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let dir = data.join("reports").join(format!("{what}-{stamp}"));
     std::fs::create_dir_all(&dir)?;
+    if let Some(c) = config {
+        std::fs::write(dir.join("maxwell.toml"), c)?;
+    }
     let log = std::fs::File::create(dir.join("daemon.log"))?;
     let daemon = ChildDaemon::start(&dir, log.into())?;
     let client = Client::new(&dir.join("maxwell.sock"));

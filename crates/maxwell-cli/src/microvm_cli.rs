@@ -179,6 +179,7 @@ fn check(a: &CheckArgs) -> anyhow::Result<Exit> {
 }
 
 fn image(a: &ImageArgs) -> anyhow::Result<Exit> {
+    maxwell_sandbox::microvm::check_guest_program(&a.agent)?;
     let cfg = MicrovmConfig::discover()?;
     let bytes = build(&ImageSpec {
         init: cfg.init.clone(),

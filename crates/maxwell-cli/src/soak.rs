@@ -31,9 +31,18 @@ pub(crate) struct SoakArgs {
     /// (the README's: scientist `sci` and leech `leech`, 10 JOULE each).
     #[arg(long, value_enum, default_value = "demo")]
     roster: Roster,
+    /// The daemon's sandbox: wasm (no privilege) or microvm (root, QEMU; docs/microvm.md).
+    #[arg(long, value_enum, default_value = "wasm")]
+    backend: SoakBackend,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SoakBackend {
+    Wasm,
+    Microvm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +112,14 @@ pub(crate) fn run(a: &SoakArgs) -> anyhow::Result<Exit> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::ledger::default_data_dir);
-    let (dir, _daemon, client, key) = crate::daemon_cli::fresh_daemon(&data, "soak")?;
+    let (dir, _daemon, client, key) = crate::daemon_cli::fresh_daemon(
+        &data,
+        "soak",
+        match a.backend {
+            SoakBackend::Wasm => None,
+            SoakBackend::Microvm => Some("backend = \"microvm\"\n"),
+        },
+    )?;
     let scientists: Vec<String> = a
         .roster
         .cast()

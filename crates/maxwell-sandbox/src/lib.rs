@@ -167,13 +167,14 @@ pub enum SandboxError {
         /// Why.
         detail: String,
     },
-    /// An operating-system call failed.
-    #[error("{context}: {source}")]
+    /// An operating-system call failed. The cause is in the message, not chained as a
+    /// `source` (a chain would print it twice: `anyhow`'s `{:#}` shows both).
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// The error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The agent did not answer in time.
     #[error("agent {name}: {what} timed out")]
@@ -190,7 +191,7 @@ impl SandboxError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> SandboxError {
         SandboxError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

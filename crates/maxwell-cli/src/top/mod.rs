@@ -267,7 +267,7 @@ pub(crate) fn demo(duration: Duration, data: &std::path::Path) -> anyhow::Result
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("maxwell demo --tui needs a terminal; run `maxwell demo` for the report");
     }
-    let (dir, daemon, client, key) = crate::daemon_cli::fresh_daemon(data, "demo-tui")?;
+    let (dir, daemon, client, key) = crate::daemon_cli::fresh_daemon(data, "demo-tui", None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -69,6 +69,8 @@ pub const MIN_GUEST_MEMORY: Bytes = Bytes(96 << 20);
 /// The guest RAM the daemon gives a microVM agent when neither the request nor the config
 /// says more.
 pub const DEFAULT_GUEST_MEMORY: Bytes = Bytes(128 << 20);
+/// The largest agent program a guest image carries (the image lives in guest RAM).
+pub const MAX_GUEST_PROGRAM: u64 = 64 << 20;
 /// The vsock context id of guests (each guest has its own device, so all can use the same).
 pub const GUEST_CID: u32 = 3;
 
@@ -317,10 +319,11 @@ pub fn is_static(elf: &[u8]) -> Result<bool, String> {
     let phoff = u64::from_le_bytes(b) as usize;
     let (phentsize, phnum) = (u16_at(54), u16_at(56));
     for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        if at + 4 > elf.len() {
-            return Err("truncated program headers".into());
-        }
+        let at = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .filter(|&at| at.checked_add(4).is_some_and(|end| end <= elf.len()))
+            .ok_or("truncated program headers")?;
         let mut t = [0u8; 4];
         t.copy_from_slice(&elf[at..at + 4]);
         if u32::from_le_bytes(t) == 3 {
@@ -328,6 +331,43 @@ pub fn is_static(elf: &[u8]) -> Result<bool, String> {
         }
     }
     Ok(true)
+}
+
+/// Checks that `path` can run in a guest: a readable x86-64 ELF executable linked statically
+/// (a guest image has no libraries).
+pub fn check_guest_program(path: &Path) -> Result<(), SandboxError> {
+    let meta = fs::metadata(path)
+        .map_err(|e| SandboxError::InvalidSpec(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(SandboxError::InvalidSpec(format!(
+            "{}: not a regular file; give the path of a statically linked executable",
+            path.display()
+        )));
+    }
+    if meta.len() > MAX_GUEST_PROGRAM {
+        return Err(SandboxError::InvalidSpec(format!(
+            "{}: {} bytes; a guest program may have at most {} MiB",
+            path.display(),
+            meta.len(),
+            MAX_GUEST_PROGRAM >> 20
+        )));
+    }
+    let bytes = fs::read(path)
+        .map_err(|e| SandboxError::InvalidSpec(format!("{}: {e}", path.display())))?;
+    match is_static(&bytes) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SandboxError::InvalidSpec(format!(
+            "{} is linked dynamically, and a guest image has no libraries: build it \
+             statically (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build \
+             --target x86_64-unknown-linux-gnu; scripts/build-guest does this for the \
+             built-in agents)",
+            path.display()
+        ))),
+        Err(e) => Err(SandboxError::InvalidSpec(format!(
+            "{}: {e}; a microVM agent is a statically linked x86-64 executable",
+            path.display()
+        ))),
+    }
 }
 
 /// The microVM backend.
@@ -505,26 +545,7 @@ impl MicrovmSandbox {
                 spec.name
             )));
         };
-        let bytes = fs::read(path)
-            .map_err(|e| SandboxError::InvalidSpec(format!("{}: {e}", path.display())))?;
-        match is_static(&bytes) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(SandboxError::InvalidSpec(format!(
-                    "{} is linked dynamically, and a guest image has no libraries: build it \
-                     statically (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build \
-                     --target x86_64-unknown-linux-gnu; scripts/build-guest does this for the \
-                     built-in agents)",
-                    path.display()
-                )));
-            }
-            Err(e) => {
-                return Err(SandboxError::InvalidSpec(format!(
-                    "{}: {e}",
-                    path.display()
-                )));
-            }
-        }
+        check_guest_program(path)?;
         if spec.limits.memory_max.0 < MIN_GUEST_MEMORY.0 {
             return Err(SandboxError::InvalidSpec(format!(
                 "agent {}: memory_max {} bytes is the guest's RAM, and a guest needs at least {} \
@@ -1928,6 +1949,10 @@ mod tests {
         // Test binaries are linked dynamically.
         assert_eq!(is_static(&me), Ok(false));
         assert!(is_static(b"#!/bin/sh\n").is_err());
+        // A header pointing its program headers past the end (or past usize) is refused.
+        let mut bad = me[..64].to_vec();
+        bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(is_static(&bad), Err("truncated program headers".into()));
     }
 
     #[test]

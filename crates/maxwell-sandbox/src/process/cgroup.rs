@@ -711,7 +711,7 @@ impl AgentCgroups {
 fn timeout(dir: &Path) -> SandboxError {
     SandboxError::Io {
         context: format!("freezing {}", dir.display()),
-        source: io::Error::new(
+        cause: io::Error::new(
             io::ErrorKind::TimedOut,
             format!("not frozen after {FREEZE_TIMEOUT:?}"),
         ),

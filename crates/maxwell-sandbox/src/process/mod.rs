@@ -847,9 +847,7 @@ impl Agent for ProcessAgent {
                 self.paused = true;
                 Ok(())
             }
-            Err(SandboxError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::TimedOut =>
-            {
+            Err(SandboxError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::TimedOut => {
                 Err(SandboxError::Timeout {
                     name: self.name.clone(),
                     what: "freeze",
