@@ -247,9 +247,18 @@ fn wait_start(port: &mut File) -> Result<String, String> {
         }
     }
     let line = String::from_utf8_lossy(&line).into_owned();
-    line.strip_prefix("start ")
-        .map(str::to_string)
-        .ok_or_else(|| format!("expected `start <name>` from the host, got {line:?}"))
+    let mut words = line
+        .strip_prefix("start ")
+        .ok_or_else(|| format!("expected `start <name> [seed]` from the host, got {line:?}"))?
+        .split_whitespace();
+    let name = words.next().unwrap_or("agent").to_string();
+    // Guests restored from one template share its random state: mix in the host's seed.
+    if let Some(seed) = words.next()
+        && let Err(e) = fs::write("/dev/urandom", seed.as_bytes())
+    {
+        println!("maxwell-guest: mixing the host's seed into /dev/urandom: {e}");
+    }
+    Ok(name)
 }
 
 /// Relays agent connections, one at a time, over the serial port.
@@ -320,6 +329,10 @@ fn run() -> Result<i32, String> {
         .env("MAXWELL_AGENT", &boot.agent)
         .current_dir("/run")
         .stdin(Stdio::null())
+        // The console is where this init reports the agent's end; the agent logs through the
+        // protocol.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .map_err(|e| format!("starting /agent: {e}"))?;
     Ok(status

@@ -66,6 +66,9 @@ pub const VMM_OVERHEAD: Bytes = Bytes(192 << 20);
 /// The least RAM a guest may have: Debian's cloud kernel does not get past decompressing
 /// itself in 64 MiB (measured), and boots in 96.
 pub const MIN_GUEST_MEMORY: Bytes = Bytes(96 << 20);
+/// The most RAM a guest may have (one memory region below the 3 GiB hole keeps the host's
+/// reader of Firecracker's guest memory simple).
+pub const MAX_GUEST_MEMORY: Bytes = Bytes(3 << 30);
 /// The guest RAM the daemon gives a microVM agent when neither the request nor the config
 /// says more.
 pub const DEFAULT_GUEST_MEMORY: Bytes = Bytes(128 << 20);
@@ -395,7 +398,7 @@ impl Drop for Templates {
 
 /// Runs the vsock device in the background, waits for its socket, then execs QEMU: both in
 /// the agent's cgroups as its uid. `$1` is vhost-device-vsock; the rest is QEMU's command.
-const VM_SCRIPT: &str = r#"v=$1; shift; "$v" --vm guest-cid=3,socket=vhost.sock,uds-path=vsock.sock >vsock.log 2>&1 & i=0; while [ ! -S vhost.sock ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; exec "$@" >vmm.log 2>&1"#;
+const VM_SCRIPT: &str = r#"ulimit -f "$1" || exit 125; shift; v=$1; shift; "$v" --vm guest-cid=3,socket=vhost.sock,uds-path=vsock.sock >vsock.log 2>&1 & i=0; while [ ! -S vhost.sock ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; exec "$@" >vmm.log 2>&1"#;
 
 impl MicrovmSandbox {
     /// The backend with `config`; needs the process backend (root, cgroups) for containment.
@@ -465,18 +468,21 @@ impl MicrovmSandbox {
     /// The template for `spec`'s program, arguments and memory, made on first use. Spawns wait
     /// while a template is made (a boot, once per program; off the tick thread).
     fn template_for(&self, spec: &AgentSpec) -> Result<PathBuf, SandboxError> {
-        let Program::Native { path, args } = &spec.program else {
+        let Program::Native { .. } = &spec.program else {
             return Err(SandboxError::InvalidSpec(format!(
                 "agent {}: the microvm backend runs native programs",
                 spec.name
             )));
         };
-        let key = format!(
-            "{}\0{}\0{}",
-            path.display(),
-            args.join("\0"),
-            spec.limits.memory_max.0
-        );
+        // The image (program, arguments, init and modules, byte for byte) and the memory: a
+        // program replaced at the same path gets a new template.
+        let img = self.image_of(spec)?;
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            img.hash(&mut h);
+            format!("{:016x}-{}", h.finish(), spec.limits.memory_max.0 >> 20)
+        };
         let mut made = self
             .templates
             .made
@@ -546,6 +552,14 @@ impl MicrovmSandbox {
             )));
         };
         check_guest_program(path)?;
+        if spec.limits.memory_max.0 > MAX_GUEST_MEMORY.0 {
+            return Err(SandboxError::InvalidSpec(format!(
+                "agent {}: memory_max {} bytes is the guest's RAM; at most {} GiB",
+                spec.name,
+                spec.limits.memory_max.0,
+                MAX_GUEST_MEMORY.0 >> 30
+            )));
+        }
         if spec.limits.memory_max.0 < MIN_GUEST_MEMORY.0 {
             return Err(SandboxError::InvalidSpec(format!(
                 "agent {}: memory_max {} bytes is the guest's RAM, and a guest needs at least {} \
@@ -603,17 +617,21 @@ impl MicrovmSandbox {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
         };
+        // Files the VM's processes write (the console above all, which the guest fills at
+        // will) stop at the RAM file's size plus 64 MiB: `ulimit -f`, in 512-byte blocks.
+        let fsize = ((guest_mib + 64) << 11).to_string();
         let mut argv: Vec<String> = vec!["-c".into()];
         match channel {
             ChannelKind::Vsock => argv.extend([
                 VM_SCRIPT.into(),
                 "maxwell-vm".into(),
+                fsize,
                 // A copy in the home directory: the agent's uid may not reach where it was
                 // installed (`cargo install` puts it under /root/.cargo/bin).
                 "./vhost-device-vsock".into(),
             ]),
             ChannelKind::Template | ChannelKind::Restored => {
-                argv.extend([VM_SCRIPT_SERIAL.into(), "maxwell-vm".into()]);
+                argv.extend([VM_SCRIPT_SERIAL.into(), "maxwell-vm".into(), fsize]);
             }
         }
         argv.push(c.qemu.display().to_string());
@@ -844,8 +862,9 @@ impl MicrovmSandbox {
         })?;
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Another range than the process backend's (0xE000_0000 + pid << 12).
-        let uid = 0xE100_0000 + ((std::process::id() & 0xFFFF) << 8) + (seq & 0xFF);
+        // Another range than the process backend's (0xE000_0000 up to 0xEFFF_FFFF); 4,095 per
+        // daemon, never (uid_t)-1.
+        let uid = 0xF000_0000 + ((std::process::id() & 0xFFFF) << 12) + (seq % 0xFFF);
         let base = self.templates.dir.join("jails");
         let logs = self.templates.dir.join(format!("{}.fc", spec.name));
         for d in [&base, &logs] {
@@ -860,34 +879,31 @@ impl MicrovmSandbox {
             memory_max: (guest_mib << 20) + VMM_OVERHEAD.0,
             pids_max: spec.limits.pids_max.max(64),
         };
-        let mut fc = firecracker::Firecracker::launch(
-            &binary,
-            &spec.name,
-            &logs,
-            Some(&jail),
-            c.api_timeout.max(Duration::from_secs(2)),
-        )?;
+        // The jailer takes letters, digits and '-' in an id.
+        let jail_id = spec.name.replace('_', "-");
+        let mut fc =
+            firecracker::Firecracker::launch(&binary, &jail_id, &logs, Some(&jail), c.api_timeout)?;
         let root = fc.root().to_path_buf();
         let prepared = (|| {
             let put_link = |from: &Path, name: &str| {
                 let to = root.join(name);
+                // A link or a new file: never a write through whatever the VMM's uid put there.
                 if fs::hard_link(from, &to).is_err() {
-                    fs::copy(from, &to)
-                        .map_err(|e| SandboxError::io(format!("copying {}", from.display()), e))?;
+                    let data = fs::read(from)
+                        .map_err(|e| SandboxError::io(format!("reading {}", from.display()), e))?;
+                    put_new(&to, &data, uid, 0o400)?;
                 }
                 Ok::<_, SandboxError>(())
             };
             put_link(&vmlinux, "vmlinux")?;
-            fs::write(root.join("initrd.cpio"), &img)
-                .map_err(|e| SandboxError::io("writing the image into the jail", e))?;
-            hand_over(&root.join("initrd.cpio"), uid, 0o400)?;
+            put_new(&root.join("initrd.cpio"), &img, uid, 0o400)?;
             let mailbox = Arc::new(Mailbox::default());
             let endpoint = wire::Endpoint::start(
                 &root.join(format!("vsock.sock_{AGENT_PORT}")),
                 &spec.name,
                 mailbox.clone(),
             )?;
-            hand_over(endpoint.path(), uid, 0o600)?;
+            give_socket(endpoint.path(), uid)?;
             let append = format!(
                 "console=ttyS0 panic=-1 reboot=k quiet init_on_free=1 maxwell.agent={} \
                  maxwell.port={AGENT_PORT}",
@@ -952,7 +968,11 @@ impl MicrovmSandbox {
     pub fn make_template(&self, spec: &AgentSpec, state: &Path) -> Result<Duration, SandboxError> {
         let img = self.image_of(spec)?;
         let guest_mib = spec.limits.memory_max.0 >> 20;
-        let name = format!("tpl-{}", spec.name);
+        static TEMPLATES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "template-{}",
+            TEMPLATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let (vm, mailbox, _) = self.start_qemu(
             &name,
             guest_mib,
@@ -1029,7 +1049,7 @@ impl MicrovmSandbox {
                 deadline,
             )?;
             agent.serial = Some(link);
-            agent.memfd = File::open(agent.vm.home().join("ram"))
+            agent.memfd = open_untrusted(&agent.vm.home().join("ram"))
                 .ok()
                 .map(GuestRam::File);
             agent.pause()?;
@@ -1056,7 +1076,7 @@ enum ChannelKind {
 }
 
 /// Execs QEMU (for serial-channel guests: no vsock device to start).
-const VM_SCRIPT_SERIAL: &str = r#"exec "$@" >vmm.log 2>&1"#;
+const VM_SCRIPT_SERIAL: &str = r#"ulimit -f "$1" || exit 125; shift; exec "$@" >vmm.log 2>&1"#;
 
 /// Where a template's RAM is kept: beside its device state, `<state>.ram`.
 pub fn template_ram(state: &Path) -> PathBuf {
@@ -1081,7 +1101,7 @@ fn ignore_shared(agent: &mut MicrovmAgent) -> Result<(), SandboxError> {
 /// holes, and copying them as zeros would allocate them.
 fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
     use nix::unistd::{Whence, lseek};
-    let src = File::open(from)?;
+    let src = open_untrusted(from)?;
     let len = src.metadata()?.len();
     let dst = File::create(to)?;
     dst.set_len(len)?;
@@ -1115,10 +1135,34 @@ fn migrate_out(
     let sock = agent.vm.home().join("migrate.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock)
         .map_err(|e| SandboxError::io(format!("listening on {}", sock.display()), e))?;
-    hand_over(&sock, agent.vm.uid(), 0o600)?;
+    give_socket(&sock, agent.vm.uid())?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| SandboxError::io("making the snapshot listener non-blocking", e))?;
     let out = state.to_path_buf();
     let sink = thread::spawn(move || -> std::io::Result<u64> {
-        let (mut conn, _) = listener.accept()?;
+        // Gives up at the deadline, so a migration that never connects leaks no thread.
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "QEMU did not connect to save the snapshot",
+                        ));
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))?;
         let mut f = File::create(&out)?;
         let n = std::io::copy(&mut conn, &mut f)?;
         f.sync_all()?;
@@ -1152,7 +1196,7 @@ fn migrate_in(
     let mut f = File::open(state)
         .map_err(|e| SandboxError::io(format!("opening the snapshot {}", state.display()), e))?;
     let mut conn = loop {
-        match std::os::unix::net::UnixStream::connect(&sock) {
+        match connect_vm_socket(&sock) {
             Ok(c) => break c,
             Err(e) if Instant::now() >= deadline => {
                 return Err(SandboxError::io(
@@ -1163,6 +1207,12 @@ fn migrate_in(
             Err(_) => thread::sleep(Duration::from_millis(1)),
         }
     };
+    conn.set_write_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))
+    .map_err(|e| SandboxError::io("setting the snapshot's write timeout", e))?;
     std::io::copy(&mut f, &mut conn)
         .map_err(|e| SandboxError::io("streaming the snapshot into QEMU", e))?;
     drop(conn);
@@ -1210,7 +1260,7 @@ impl SerialLink {
     ) -> Result<SerialLink, SandboxError> {
         use std::io::Write as _;
         let mut stream = loop {
-            match std::os::unix::net::UnixStream::connect(path) {
+            match connect_vm_socket(path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(SandboxError::io(
@@ -1222,7 +1272,8 @@ impl SerialLink {
             }
         };
         stream
-            .write_all(format!("start {name}\n").as_bytes())
+            // A fresh seed: guests restored from one template share its kernel's random state.
+            .write_all(format!("start {name} {:016x}{:016x}\n", seed(), seed()).as_bytes())
             .map_err(|e| SandboxError::io("sending the start line", e))?;
         let served = stream
             .try_clone()
@@ -1279,6 +1330,90 @@ fn reap_templates() -> Vec<String> {
     }
     out
 }
+
+/// Opens for reading a file in a directory the VMM's uid can write: never through a symlink,
+/// never a FIFO or a device (which could block or never end); a regular file only.
+fn open_untrusted(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// At most the last `max` bytes of a file the VMM's uid can write (see [`open_untrusted`]).
+fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = open_untrusted(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut out = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok() {
+        let _ = f.take(max).read_to_end(&mut out);
+    }
+    out
+}
+
+/// Creates `path` (it must not exist: a symlink planted there is refused, not followed),
+/// writes `data`, and gives it to `uid` with `mode`, through the file itself.
+fn put_new(path: &Path, data: &[u8], uid: u32, mode: u32) -> Result<(), SandboxError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
+    f.write_all(data)
+        .map_err(|e| SandboxError::io(format!("writing {}", path.display()), e))?;
+    nix::unistd::fchown(
+        &f,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    )
+    .map_err(|e| SandboxError::io(format!("giving {} to uid {uid}", path.display()), e.into()))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| SandboxError::io(format!("setting the mode of {}", path.display()), e))
+}
+
+/// Gives a socket the host bound in the VM's directory to `uid`, without following a symlink
+/// the VMM's uid may have put in its place (the socket keeps the umask's mode; the directory,
+/// the uid's own and 0700, keeps others out).
+fn give_socket(path: &Path, uid: u32) -> Result<(), SandboxError> {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| SandboxError::io(format!("giving {} to uid {uid}", path.display()), e.into()))
+}
+
+/// Connects to a socket the VMM made in its directory, refusing anything but a socket there
+/// (a symlink could point the host at another socket).
+fn connect_vm_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a socket",
+            path.display()
+        )));
+    }
+    std::os::unix::net::UnixStream::connect(path)
+}
+
+/// The most of a guest's console the host reads.
+const CONSOLE_TAIL: u64 = 64 << 10;
 
 /// A per-agent secret for the erasure sampler: the guest must not know which pages are watched.
 fn seed() -> u64 {
@@ -1696,7 +1831,7 @@ impl MicrovmAgent {
     }
 
     fn console_says(&self, what: &str) -> bool {
-        fs::read(self.vm.console()).is_ok_and(|t| String::from_utf8_lossy(&t).contains(what))
+        String::from_utf8_lossy(&read_tail(&self.vm.console(), CONSOLE_TAIL)).contains(what)
     }
 
     fn boot(&mut self, wait: Duration) -> Result<(), SandboxError> {
@@ -1733,9 +1868,9 @@ impl MicrovmAgent {
     /// The last line of the guest's console, or else of the VMM's own output (for error
     /// messages).
     fn console_tail(&self) -> String {
-        let mut text = fs::read(self.vm.console()).unwrap_or_default();
+        let mut text = read_tail(&self.vm.console(), CONSOLE_TAIL);
         if text.iter().all(u8::is_ascii_whitespace) {
-            text = fs::read(self.vm.home().join("vmm.log")).unwrap_or_default();
+            text = read_tail(&self.vm.home().join("vmm.log"), CONSOLE_TAIL);
         }
         let text = String::from_utf8_lossy(&text);
         let mut last: Vec<&str> = text
@@ -1749,12 +1884,17 @@ impl MicrovmAgent {
             return "(nothing)".into();
         }
         last.reverse();
-        last.join(" | ").chars().take(400).collect()
+        // Guest-written text: no control characters into logs and exit details.
+        last.join(" | ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(400)
+            .collect()
     }
 
     /// What the console says of the agent's end: `Some(code)` if the init reported it.
     fn reported_exit(&self) -> Option<i32> {
-        let text = fs::read(self.vm.console()).ok()?;
+        let text = read_tail(&self.vm.console(), CONSOLE_TAIL);
         let text = String::from_utf8_lossy(&text);
         text.lines()
             .rev()
@@ -1953,6 +2093,33 @@ mod tests {
         let mut bad = me[..64].to_vec();
         bad[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(is_static(&bad), Err("truncated program headers".into()));
+    }
+
+    #[test]
+    fn files_in_the_vms_directory_are_never_followed_or_blocked_on() {
+        let d = std::env::temp_dir().join(format!("maxwell-untrusted-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        let secret = d.join("secret");
+        fs::write(&secret, "root's").unwrap();
+        // A console that is a symlink to another file reads as nothing.
+        std::os::unix::fs::symlink(&secret, d.join("console.log")).unwrap();
+        assert!(read_tail(&d.join("console.log"), CONSOLE_TAIL).is_empty());
+        // A FIFO neither blocks nor reads.
+        nix::unistd::mkfifo(&d.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_tail(&d.join("fifo"), CONSOLE_TAIL).is_empty());
+        // Only the tail of a long console is read.
+        fs::write(d.join("long"), vec![b'x'; 200_000]).unwrap();
+        assert_eq!(read_tail(&d.join("long"), CONSOLE_TAIL).len(), 64 << 10);
+        // A file the host creates where a symlink was planted is refused, and the target is
+        // untouched.
+        std::os::unix::fs::symlink(&secret, d.join("initrd.cpio")).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        assert!(put_new(&d.join("initrd.cpio"), b"image", uid, 0o400).is_err());
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "root's");
+        // Connecting follows no symlink either.
+        assert!(connect_vm_socket(&d.join("console.log")).is_err());
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -15,12 +15,14 @@ use serde_json::{Value, json};
 
 use crate::SandboxError;
 
+/// The longest QMP line read (QEMU's replies to the commands used here are far shorter).
+pub const MAX_REPLY: usize = 1 << 20;
+
 /// A negotiated QMP connection.
 #[derive(Debug)]
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
-    line: String,
 }
 
 fn timeout(what: &'static str) -> SandboxError {
@@ -53,7 +55,6 @@ impl Qmp {
         let mut q = Qmp {
             reader: BufReader::new(stream),
             writer,
-            line: String::new(),
         };
         let greeting = q.read(wait)?;
         if greeting.get("QMP").is_none() {
@@ -66,29 +67,55 @@ impl Qmp {
         Ok(q)
     }
 
+    /// One line, within `wait` in all (not per read: a QEMU that trickles bytes still ends
+    /// at the deadline) and at most [`MAX_REPLY`] bytes.
     fn read(&mut self, wait: Duration) -> Result<Value, SandboxError> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .map_err(|e| SandboxError::io("setting the QMP timeout", e))?;
-        self.line.clear();
-        match self.reader.read_line(&mut self.line) {
-            Ok(0) => Err(SandboxError::Unavailable(
-                "QEMU closed its QMP socket (it has exited)".into(),
-            )),
-            Ok(_) => serde_json::from_str(&self.line).map_err(|e| {
-                SandboxError::Unavailable(format!("QMP sent a line that is not JSON ({e})"))
-            }),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(timeout("a QMP reply"))
+        let deadline = Instant::now() + wait;
+        let mut line = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout("a QMP reply"));
             }
-            Err(e) => Err(SandboxError::io("reading QMP", e)),
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| SandboxError::io("setting the QMP timeout", e))?;
+            let chunk = match self.reader.fill_buf() {
+                Ok([]) => {
+                    return Err(SandboxError::Unavailable(
+                        "QEMU closed its QMP socket (it has exited)".into(),
+                    ));
+                }
+                Ok(c) => c,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(SandboxError::io("reading QMP", e)),
+            };
+            let (used, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            line.extend_from_slice(&chunk[..used]);
+            self.reader.consume(used);
+            if line.len() > MAX_REPLY {
+                return Err(SandboxError::Unavailable(format!(
+                    "QMP sent a line longer than {MAX_REPLY} bytes"
+                )));
+            }
+            if done {
+                break;
+            }
         }
+        serde_json::from_slice(&line).map_err(|e| {
+            SandboxError::Unavailable(format!("QMP sent a line that is not JSON ({e})"))
+        })
     }
 
     /// Runs `command` with `arguments`; returns its `return` value. Fails on a QMP error, or
