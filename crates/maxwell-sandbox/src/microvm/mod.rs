@@ -387,7 +387,12 @@ pub struct MicrovmSandbox {
 #[derive(Debug)]
 struct Templates {
     dir: PathBuf,
-    made: std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>>,
+    /// One slot per key; a slot is filled once (by the first spawn of its program) while
+    /// spawns of other programs go on.
+    made: std::sync::Mutex<
+        std::collections::BTreeMap<String, Arc<std::sync::Mutex<Option<PathBuf>>>>,
+    >,
+    seq: std::sync::atomic::AtomicU32,
 }
 
 impl Drop for Templates {
@@ -425,6 +430,7 @@ impl MicrovmSandbox {
             templates: Arc::new(Templates {
                 dir,
                 made: Default::default(),
+                seq: Default::default(),
             }),
         })
     }
@@ -465,8 +471,9 @@ impl MicrovmSandbox {
         }
     }
 
-    /// The template for `spec`'s program, arguments and memory, made on first use. Spawns wait
-    /// while a template is made (a boot, once per program; off the tick thread).
+    /// The template for `spec`'s program, arguments and memory, made on first use. Spawns of
+    /// the same program wait while its template is made (a boot, once; off the tick thread);
+    /// spawns of others do not.
     fn template_for(&self, spec: &AgentSpec) -> Result<PathBuf, SandboxError> {
         let Program::Native { .. } = &spec.program else {
             return Err(SandboxError::InvalidSpec(format!(
@@ -483,17 +490,28 @@ impl MicrovmSandbox {
             img.hash(&mut h);
             format!("{:016x}-{}", h.finish(), spec.limits.memory_max.0 >> 20)
         };
-        let mut made = self
+        let poisoned = || SandboxError::Unavailable("the template lock is poisoned".into());
+        let slot = self
             .templates
             .made
             .lock()
-            .map_err(|_| SandboxError::Unavailable("the template lock is poisoned".into()))?;
-        if let Some(p) = made.get(&key) {
+            .map_err(|_| poisoned())?
+            .entry(key)
+            .or_default()
+            .clone();
+        // Only spawns of this program wait here while its template boots.
+        let mut slot = slot.lock().map_err(|_| poisoned())?;
+        if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
-        let state = self.templates.dir.join(format!("{}.state", made.len()));
+        let n = self
+            .templates
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = self.templates.dir.join(format!("{n}.state"));
+        // A failure leaves the slot empty: the next spawn tries again.
         self.make_template(spec, &state)?;
-        made.insert(key, state.clone());
+        *slot = Some(state.clone());
         Ok(state)
     }
 
