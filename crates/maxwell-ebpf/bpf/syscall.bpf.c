@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * The syscall audit: a count per syscall number per agent (keyed by the cgroup2 id of the
+ * calling task, so every thread and child of the agent counts and nothing else does), summed in
+ * a kernel map that the daemon reads once per tick. An agent may have a deny list: on entry to
+ * a forbidden syscall the program records which one and sends SIGKILL to the calling process
+ * from the kernel; the daemon sees the record, kills the rest of the agent and writes the cause
+ * in the ledger. A tracepoint cannot veto the call itself: the deny list ends the agent, it
+ * does not make the one call fail (seccomp would, but cannot tell the daemon which call).
+ *
+ * The deny list is armed when the agent's own program starts: at an exec by a task of the
+ * agent that is not root. Before that the launcher runs (the daemon's trampoline joins the
+ * cgroups as root, then setpriv drops to the agent's uid and execs the program); its calls are
+ * counted but cannot trip the list, so a list may forbid what the launcher needs (setresuid,
+ * capset, prctl, execve) and still let the agent start.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "maxwell.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAXWELL_MAX_AGENTS);
+	__type(key, __u64);
+	__type(value, __u64[CALL_LEN]);
+} calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAXWELL_MAX_AGENTS);
+	__type(key, __u64);
+	__type(value, __u64[DENY_WORDS]);
+} deny SEC(".maps");
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int maxwell_sys_enter(struct raw_enter *ctx)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	__u64 *c = bpf_map_lookup_elem(&calls, &cg);
+	if (!c)
+		return 0;
+	__s64 id = ctx->id;
+	__u32 i = (id >= 0 && id < MAXWELL_SYSCALLS) ? (__u32)id : MAXWELL_SYSCALLS - 1;
+	i &= MAXWELL_SYSCALLS - 1;
+	__sync_fetch_and_add(&c[i], 1);
+	if (!c[CALL_ARMED])
+		return 0;
+	__u64 *d = bpf_map_lookup_elem(&deny, &cg);
+	if (d && (d[i / 64] >> (i % 64)) & 1) {
+		if (c[CALL_DENIED_FIRST] == 0)
+			c[CALL_DENIED_FIRST] = (__u64)i + 1;
+		__sync_fetch_and_add(&c[CALL_DENIED_HITS], 1);
+		bpf_send_signal(9);
+	}
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int maxwell_arm(void *ctx)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	__u64 *c = bpf_map_lookup_elem(&calls, &cg);
+	if (c && (__u32)bpf_get_current_uid_gid() != 0)
+		c[CALL_ARMED] = 1;
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,158 @@
+//! The probes against the running kernel. Needs root: without it each test prints a skip line
+//! and returns, unless `MAXWELL_REQUIRE_ROOT_TESTS=1`, when it fails.
+//!
+//! The measured process is this test binary, re-run as the ignored `helper_free` test inside a
+//! cgroup2 cgroup the test creates; it frees memory in a known pattern and says `done`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use maxwell_ebpf::{Probes, SyscallSet, cgroup_id};
+
+const CHUNK: usize = 40 << 20;
+const ROUNDS: usize = 5;
+
+fn required() -> bool {
+    std::env::var("MAXWELL_REQUIRE_ROOT_TESTS").as_deref() == Ok("1")
+}
+
+fn probes_or_skip() -> Option<Probes> {
+    match Probes::load() {
+        Ok(p) => Some(p),
+        Err(e) if !required() => {
+            writeln!(std::io::stderr(), "SKIP: {e}").unwrap();
+            None
+        }
+        Err(e) => panic!("MAXWELL_REQUIRE_ROOT_TESTS=1 but {e}"),
+    }
+}
+
+/// The cgroup2 mount (pure cgroup2 at /sys/fs/cgroup or hybrid at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+        })
+        .expect("no cgroup2 mount")
+}
+
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let d = cgroup2_root().join(format!("maxwell-ebpf-test-{}-{name}", std::process::id()));
+        std::fs::create_dir(&d).unwrap();
+        TestCgroup(d)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        std::fs::remove_dir(&self.0).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "run by the other tests inside a cgroup"]
+fn helper_free() {
+    let Ok(cg) = std::env::var("HELPER_CGROUP") else {
+        return;
+    };
+    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()).unwrap();
+    let rounds: usize = std::env::var("HELPER_ROUNDS").unwrap().parse().unwrap();
+    for _ in 0..rounds {
+        // Above glibc's largest mmap threshold (32 MiB): mapped on its own and unmapped on drop.
+        let mut v = vec![0u8; CHUNK];
+        for page in v.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&v);
+    }
+    for _ in 0..1000 {
+        std::hint::black_box(std::process::id());
+    }
+    println!("done");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+}
+
+/// Runs the helper in `cg` until it says `done`; returns it to be ended by dropping stdin.
+fn run_helper(
+    cg: &TestCgroup,
+    rounds: usize,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["helper_free", "--exact", "--ignored", "--nocapture"])
+        .env("HELPER_CGROUP", &cg.0)
+        .env("HELPER_ROUNDS", rounds.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if line.trim() == "done" {
+            return (child, out);
+        }
+        line.clear();
+    }
+    panic!("the helper ended without saying done: {:?}", child.wait());
+}
+
+#[test]
+fn frees_are_counted_per_cgroup_and_only_there() {
+    let Some(mut probes) = probes_or_skip() else {
+        return;
+    };
+    let freer = TestCgroup::new("freer");
+    let idle = TestCgroup::new("idle");
+    let (a, b) = (cgroup_id(&freer.0).unwrap(), cgroup_id(&idle.0).unwrap());
+    probes.watch(a, &SyscallSet::EMPTY).unwrap();
+    probes.watch(b, &SyscallSet::EMPTY).unwrap();
+
+    let (mut child, mut out) = run_helper(&freer, ROUNDS);
+    let e = probes.erasure(a).unwrap();
+    let calls = probes.calls(a).unwrap();
+    drop(child.stdin.take());
+    std::io::Read::read_to_end(&mut out, &mut Vec::new()).unwrap();
+    child.wait().unwrap();
+
+    let expected = (ROUNDS * (CHUNK + 4096)) as u64;
+    // The test harness itself frees a little (its own buffers, thread stacks): at most 2 MiB.
+    assert!(
+        e.unmapped >= expected && e.unmapped <= expected + (2 << 20),
+        "unmapped {} bytes, expected {expected} to {expected} + 2 MiB: {e:?}",
+        e.unmapped
+    );
+    assert!(
+        calls.counts[39] >= 1000,
+        "getpid calls: {}",
+        calls.counts[39]
+    );
+    assert!(
+        calls.counts[11] >= ROUNDS as u64,
+        "munmap calls: {}",
+        calls.counts[11]
+    );
+    assert_eq!(
+        probes.erasure(b).unwrap().total(),
+        0,
+        "the idle cgroup was charged"
+    );
+    assert_eq!(probes.calls(b).unwrap().total(), 0);
+    assert_eq!(probes.losses().unwrap(), 0);
+    probes.unwatch(a);
+    probes.unwatch(b);
+    assert!(
+        probes.erasure(a).is_err(),
+        "an unwatched cgroup still has an entry"
+    );
+}
