@@ -20,6 +20,7 @@ fn spawn(sb: &WasmSandbox, name: &str, wat: &str) -> Box<dyn Agent> {
             limits: Limits {
                 memory_max: Bytes(128 << 20),
                 pids_max: 1,
+                ..Limits::default()
             },
         })
         .unwrap();

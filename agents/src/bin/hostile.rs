@@ -9,7 +9,16 @@
 //!   kernel through `/proc/sysrq-trigger`;
 //! - `spin`: burns its CPU and never says a word;
 //! - `erase`: overwrites 32 MiB of its memory with new values, over and over, and never says a
-//!   word (whatever it would claim, the host measures its erasure).
+//!   word (whatever it would claim, the host measures its erasure);
+//! - `free`: `--bytes B --rounds R --children C`: starts C copies of itself (each doing the
+//!   same, without children), then R times maps B bytes, touches every page and frees them
+//!   (glibc maps blocks above 32 MiB on their own and unmaps them on free), waits for the
+//!   children, writes `freed` to stderr and sleeps;
+//! - `churn`: `--seconds S`: maps 40 MiB, touches one page and unmaps it, in a loop, for S
+//!   seconds; prints the number of rounds on stdout and exits (a syscall-heavy program for
+//!   `maxwell bench ebpf`);
+//! - `tcp`: opens a TCP connection to 127.0.0.1:9 after 200 ms, then sleeps (a network call
+//!   for the syscall deny list to catch).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -35,8 +44,71 @@ fn mode() -> String {
         .unwrap_or_else(|| "garbage".into())
 }
 
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Maps `bytes`, touches every page, frees them.
+fn free_once(bytes: usize) {
+    let mut v = vec![0u8; bytes];
+    for page in v.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&v);
+}
+
 fn main() {
     match mode().as_str() {
+        "free" => {
+            let (bytes, rounds) = (arg("--bytes", 40 << 20) as usize, arg("--rounds", 1));
+            let children: Vec<_> = (0..arg("--children", 0))
+                .filter_map(|_| {
+                    let exe = std::env::current_exe().ok()?;
+                    std::process::Command::new(exe)
+                        .args(["--mode", "free", "--bytes", &bytes.to_string()])
+                        .args(["--rounds", &rounds.to_string(), "--exit"])
+                        .spawn()
+                        .ok()
+                })
+                .collect();
+            for _ in 0..rounds {
+                free_once(bytes);
+            }
+            for mut c in children {
+                let _ = c.wait();
+            }
+            if std::env::args().any(|a| a == "--exit") {
+                return;
+            }
+            eprintln!("freed");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "churn" => {
+            let end = std::time::Instant::now() + Duration::from_secs(arg("--seconds", 1));
+            let mut rounds = 0u64;
+            while std::time::Instant::now() < end {
+                let mut v = vec![0u8; 40 << 20];
+                v[0] = 1;
+                std::hint::black_box(&v);
+                rounds += 1;
+            }
+            println!("{rounds}");
+        }
+        "tcp" => {
+            std::thread::sleep(Duration::from_millis(200));
+            let r = std::net::TcpStream::connect("127.0.0.1:9");
+            eprintln!("hostile: connect: {r:?}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "garbage" => {
             let mut s = socket();
             loop {

@@ -265,6 +265,7 @@ pub(crate) fn spawn_bench(a: &SpawnBenchArgs) -> anyhow::Result<Exit> {
         limits: Limits {
             memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
             pids_max: 64,
+            ..Limits::default()
         },
     };
     let (mut boots, mut restores, mut kills) = (Vec::new(), Vec::new(), Vec::new());

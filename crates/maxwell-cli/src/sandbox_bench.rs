@@ -149,6 +149,7 @@ pub(crate) fn pause(args: &PauseBenchArgs) -> anyhow::Result<Exit> {
                 Bytes(64 << 20)
             },
             pids_max: 8,
+            ..Limits::default()
         },
     })?;
     let mut pauses = Vec::with_capacity(args.cycles as usize);

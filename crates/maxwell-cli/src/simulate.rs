@@ -68,6 +68,7 @@ pub(crate) fn calibrate(duration: Duration) -> anyhow::Result<Calibration> {
             limits: Limits {
                 memory_max: Bytes(64 << 20),
                 pids_max: 1,
+                ..Limits::default()
             },
         };
         ids.push(node.spawn(

@@ -261,6 +261,7 @@ pub fn spec_of(
         limits: Limits {
             memory_max,
             pids_max,
+            ..Limits::default()
         },
     })
 }

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -23,7 +23,7 @@ fn probes_or_skip() -> Option<Probes> {
     match Probes::load() {
         Ok(p) => Some(p),
         Err(e) if !required() => {
-            writeln!(std::io::stderr(), "SKIP: {e}").unwrap();
+            eprintln!("SKIP: {e}");
             None
         }
         Err(e) => panic!("MAXWELL_REQUIRE_ROOT_TESTS=1 but {e}"),

@@ -25,6 +25,7 @@ fn spec(name: &str, wat: &str) -> AgentSpec {
         limits: Limits {
             memory_max: Bytes(64 << 20),
             pids_max: 1,
+            ..Limits::default()
         },
     }
 }

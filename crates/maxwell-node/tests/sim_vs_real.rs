@@ -63,6 +63,7 @@ fn real() -> Outcome {
             limits: Limits {
                 memory_max: Bytes(128 << 20),
                 pids_max: 1,
+                ..Limits::default()
             },
         };
         let id = node

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use maxwell_core::work::PrimeClaim;
 use maxwell_core::{Bytes, Nanos, Tokens};
+pub use maxwell_ebpf::{CallCounts, Class as SyscallClass, SyscallSet};
 
 pub mod erasure;
 pub mod microvm;
@@ -57,6 +58,9 @@ pub struct Limits {
     pub memory_max: Bytes,
     /// Processes and threads (process backend: `pids.max`).
     pub pids_max: u32,
+    /// Syscalls that end the agent (process backend, where the eBPF probes load): the first
+    /// one it makes kills it, with the syscall named as the cause. Empty: none.
+    pub deny: SyscallSet,
 }
 
 impl Default for Limits {
@@ -64,6 +68,7 @@ impl Default for Limits {
         Limits {
             memory_max: Bytes(256 << 20),
             pids_max: 64,
+            deny: SyscallSet::EMPTY,
         }
     }
 }
@@ -109,7 +114,8 @@ pub struct Usage {
     pub cpu: Nanos,
     /// Resident bytes now.
     pub resident: Bytes,
-    /// Bytes erased (overwritten or freed) since the last call, estimated.
+    /// Bytes erased (overwritten or freed) since the last call, measured or estimated as the
+    /// backend says ([`Sandbox::erasure_source`]).
     pub erased: Bytes,
 }
 
@@ -202,6 +208,11 @@ pub trait Sandbox: Send + Sync {
     fn name(&self) -> &'static str;
     /// Starts an agent, paused.
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError>;
+
+    /// How [`Usage::erased`] is obtained here, in words (for `maxwell sensors` and logs).
+    fn erasure_source(&self) -> String {
+        "estimated by the backend".into()
+    }
 }
 
 /// A shared backend: the daemon starts agents (compiling their modules) on its API threads
@@ -212,6 +223,9 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
     }
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
         (**self).spawn(spec)
+    }
+    fn erasure_source(&self) -> String {
+        (**self).erasure_source()
     }
 }
 
@@ -240,6 +254,24 @@ pub trait Agent: Send {
     fn mailbox(&self) -> &Mailbox;
     /// Where it is now.
     fn status(&mut self) -> Status;
+
+    /// The agent's syscalls since it started, where the backend audits them (the process
+    /// backend with the eBPF probes loaded); `None` elsewhere.
+    fn syscalls(&mut self) -> Option<Result<CallCounts, SandboxError>> {
+        None
+    }
+}
+
+/// Refuses a syscall deny list where the backend cannot enforce one.
+pub(crate) fn refuse_deny(spec: &AgentSpec, backend: &str, why: &str) -> Result<(), SandboxError> {
+    if spec.limits.deny.is_empty() {
+        return Ok(());
+    }
+    Err(SandboxError::InvalidSpec(format!(
+        "agent {}: a syscall deny list ({}) needs the process backend with its eBPF probes; the {backend} backend {why}",
+        spec.name,
+        spec.limits.deny.names().join(", ")
+    )))
 }
 
 /// Validates an agent name: it becomes part of cgroup and socket paths.

@@ -447,6 +447,10 @@ impl Sandbox for WasmSandbox {
         "wasm"
     }
 
+    fn erasure_source(&self) -> String {
+        "measured: pages of the agent's linear memory sampled for changed contents".into()
+    }
+
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
         check_name(&spec.name)?;
         let Program::Wasm { module } = &spec.program else {
@@ -456,6 +460,11 @@ impl Sandbox for WasmSandbox {
                 spec.name
             )));
         };
+        crate::refuse_deny(
+            spec,
+            "wasm",
+            "runs modules that make no syscalls (their only imports are Maxwell's)",
+        )?;
         let pre = self.prepare(module)?;
         // Until its first quantum instantiates it, an agent is charged for the memory its
         // module declares: it holds that place from the moment it is admitted.

@@ -300,6 +300,7 @@ fn the_backend_boots_guests_under_firecracker_where_kvm_works_and_says_why_not_e
         limits: Limits {
             memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
             pids_max: 64,
+            ..Limits::default()
         },
     };
     let t = Instant::now();

@@ -154,7 +154,7 @@ fn an_infinite_loop_is_frozen_and_its_cpu_stops() {
 fn v1_controllers_freeze_meter_and_kill_too() {
     let Some((_g, s)) = sandbox_with(ProcessConfig {
         prefer_v1: true,
-        inherit_stderr: false,
+        ..ProcessConfig::default()
     }) else {
         return;
     };

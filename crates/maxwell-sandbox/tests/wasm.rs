@@ -20,6 +20,7 @@ fn spec(name: &str, wat: &str) -> AgentSpec {
         limits: Limits {
             memory_max: Bytes(16 << 20),
             pids_max: 1,
+            ..Limits::default()
         },
     }
 }

@@ -394,15 +394,18 @@ pub(super) fn members(planned: &[Planned], backend: Backend) -> anyhow::Result<V
             Backend::Wasm => Limits {
                 memory_max: Bytes(64 << 20),
                 pids_max: 1,
+                ..Limits::default()
             },
             Backend::Process => Limits {
                 memory_max: Bytes(128 << 20),
                 pids_max: 8,
+                ..Limits::default()
             },
             // The guest's RAM (the VMM's own needs are added by the backend).
             Backend::Microvm => Limits {
                 memory_max: maxwell_sandbox::microvm::DEFAULT_GUEST_MEMORY,
                 pids_max: 64,
+                ..Limits::default()
             },
         };
         out.push(Member {

@@ -459,6 +459,11 @@ impl MicrovmSandbox {
 
     /// [`Sandbox::spawn`] with the concrete type: by the configured [`SpawnMode`].
     pub fn spawn_agent(&self, spec: &AgentSpec) -> Result<MicrovmAgent, SandboxError> {
+        crate::refuse_deny(
+            spec,
+            "microvm",
+            "sees the guest's syscalls only as the VMM's (a guest kernel serves them)",
+        )?;
         if self.config.vmm == VmmChoice::Firecracker {
             return self.spawn_firecracker(spec);
         }
@@ -735,6 +740,7 @@ impl MicrovmSandbox {
                 // The agent's memory limit is the guest's RAM; the VMM's own needs come on top.
                 memory_max: Bytes((guest_mib << 20) + VMM_OVERHEAD.0),
                 pids_max: pids_max.max(64),
+                ..Limits::default()
             },
         };
         // Starts frozen: the home directory is filled before the VMM runs.
@@ -1448,6 +1454,10 @@ fn seed() -> u64 {
 impl Sandbox for MicrovmSandbox {
     fn name(&self) -> &'static str {
         "microvm"
+    }
+
+    fn erasure_source(&self) -> String {
+        "measured from the host: pages of the guest's RAM sampled for changed contents".into()
     }
 
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {

@@ -36,9 +36,16 @@
 //! cgroups and the socket. Dropping an agent kills it the same way.
 //!
 //! Usage: CPU from `cpu.stat`/`cpuacct.usage`; resident memory from
-//! `memory.current`/`memory.usage_in_bytes`; erased bytes are estimated as the drop in resident
-//! memory since the last call (memory freed). Overwrites in place are not seen; eBPF tracepoints
-//! on munmap/madvise/brk will measure them later (DESIGN.md section 7).
+//! `memory.current`/`memory.usage_in_bytes`. Erased bytes, where the eBPF probes load
+//! ([`maxwell_ebpf::Probes`], keyed by the agent's cgroup2 id): the larger, per quantum, of the
+//! bytes its processes freed by munmap, madvise (DONTNEED, FREE, REMOVE), a lower brk or a
+//! shrinking mremap, and the drop in its resident memory (which also sees memory freed by a
+//! process's exit). Where they do not load (no root, no tracefs, an old kernel) the drop in
+//! resident memory alone, and [`ProcessSandbox::erasure_source`] says why. Overwrites in place
+//! are not seen either way: this kernel has no soft-dirty bits, and `PAGEMAP_SCAN` needs the
+//! agent's own userfaultfd registration. The probes also count every syscall by number
+//! ([`Agent::syscalls`]) and enforce the spec's deny list ([`Limits::deny`]): the first
+//! forbidden call kills the agent, and its exit names the syscall.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -57,10 +64,11 @@ use nix::unistd::Pid;
 
 use maxwell_agent::{AGENT_ENV, SOCKET_ENV};
 use maxwell_core::{Bytes, Nanos};
+use maxwell_ebpf::{CallCounts, Probes};
 
 use crate::{
-    Agent, AgentSpec, Exit, ExitReason, Mailbox, Program, Sandbox, SandboxError, Status, Usage,
-    check_name,
+    Agent, AgentSpec, Exit, ExitReason, Limits, Mailbox, Program, Sandbox, SandboxError, Status,
+    Usage, check_name,
 };
 
 mod cgroup;
@@ -98,6 +106,9 @@ pub struct ProcessConfig {
     pub prefer_v1: bool,
     /// Let agents write to the daemon's stderr (default: `/dev/null`).
     pub inherit_stderr: bool,
+    /// Do not load the eBPF probes: erasure is then the drop in resident memory, and deny lists
+    /// are refused (for comparisons such as `maxwell bench ebpf`).
+    pub no_ebpf: bool,
 }
 
 #[derive(Debug)]
@@ -116,6 +127,10 @@ struct Host {
     uid_base: u32,
     uids: AtomicU32,
     watchdog: Mutex<Option<Child>>,
+    /// The eBPF probes, where they loaded.
+    probes: Option<Mutex<Probes>>,
+    /// How erasure is measured here, and why (said once, by `describe` and `erasure_source`).
+    erasure: String,
 }
 
 impl Drop for Host {
@@ -247,6 +262,8 @@ impl ProcessSandbox {
             uid_base: AGENT_UID_BASE + ((std::process::id() & 0xFFFF) << 12),
             uids: AtomicU32::new(0),
             watchdog: Mutex::new(None),
+            probes: None,
+            erasure: String::new(),
         };
         // What a predecessor killed without cleaning up left behind goes first.
         for (own, _) in layout.v2.iter().chain(layout.v1.values()) {
@@ -305,8 +322,33 @@ impl ProcessSandbox {
             (_, true, _) => Some(Via::V1),
             (false, false, _) => None,
         };
+        const ESTIMATE: &str = "estimated as the drop in resident memory between samples (frees \
+                                 re-used within a quantum are missed)";
+        (host.probes, host.erasure) = match (&host.v2_parent, config.no_ebpf) {
+            (_, true) => (
+                None,
+                format!("{ESTIMATE}: eBPF probes off by configuration"),
+            ),
+            (None, false) => (
+                None,
+                format!(
+                    "{ESTIMATE}: eBPF probes not used: they key agents by their cgroup2 cgroup \
+                     and there is no cgroup2 hierarchy here{v2_note}"
+                ),
+            ),
+            (Some(_), false) => match Probes::load() {
+                Ok(p) => (
+                    Some(Mutex::new(p)),
+                    "measured by eBPF tracepoints (munmap, madvise, brk, mremap) per agent \
+                     cgroup, or the drop in resident memory where larger (exits)"
+                        .to_string(),
+                ),
+                Err(e) => (None, format!("{ESTIMATE}: {e}")),
+            },
+        };
         let uses_v2 = [plan.freeze, plan.cpu, plan.memory, plan.pids].contains(&Via::V2)
-            || host.cpu_limit == Some(Via::V2);
+            || host.cpu_limit == Some(Via::V2)
+            || host.probes.is_some();
         if !uses_v2 && let Some(p) = host.v2_parent.take() {
             host.acquired.retain(|a| *a != p);
             cgroup::release_parent(&p);
@@ -360,6 +402,27 @@ impl ProcessSandbox {
         self.host.acquired.clone()
     }
 
+    /// How erasure is measured (eBPF probes or the resident-memory estimate, and why).
+    pub fn erasure_source(&self) -> &str {
+        &self.host.erasure
+    }
+
+    /// Whether the eBPF probes are loaded (erasure measured, syscalls audited, deny lists
+    /// enforced).
+    pub fn probes_loaded(&self) -> bool {
+        self.host.probes.is_some()
+    }
+
+    /// Events the probes could not record since they loaded (`None` without probes).
+    pub fn probe_losses(&self) -> Option<Result<u64, SandboxError>> {
+        let p = self.host.probes.as_ref()?;
+        Some(
+            p.lock()
+                .map_err(|_| SandboxError::Unavailable("the probes' lock is poisoned".into()))
+                .and_then(|p| p.losses().map_err(probe_error)),
+        )
+    }
+
     /// Which cgroup serves each function, in words (for logs).
     pub fn describe(&self) -> String {
         let h = &self.host;
@@ -377,7 +440,7 @@ impl ProcessSandbox {
             ),
         };
         format!(
-            "freeze: {}; kill: {}; cpu: {}; memory: {}; pids: {}; one CPU per slot: {}; agents run as uids {} and up, unprivileged",
+            "freeze: {}; kill: {}; cpu: {}; memory: {}; pids: {}; one CPU per slot: {}; agents run as uids {} and up, unprivileged; erasure: {}",
             at(h.plan.freeze, "freezer"),
             match h.plan.kill {
                 Via::V2 => "cgroup.kill".to_string(),
@@ -393,6 +456,7 @@ impl ProcessSandbox {
                     .to_string(),
             },
             h.uid_base,
+            h.erasure,
         )
     }
 
@@ -446,7 +510,23 @@ impl ProcessSandbox {
             &spec.name,
         );
         cg.cpu_limit = host.cpu_limit;
+        if !spec.limits.deny.is_empty() && host.probes.is_none() {
+            return Err(SandboxError::Unavailable(format!(
+                "agent {}: its syscall deny list ({}) needs the eBPF probes, and erasure here is {}",
+                spec.name,
+                spec.limits.deny.names().join(", "),
+                host.erasure
+            )));
+        }
         cg.create(spec.limits.memory_max.0, spec.limits.pids_max)?;
+        // The probes count from before the trampoline's first instruction.
+        let probe = match watch(host, &cg, &spec.limits) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = cg.remove();
+                return Err(e);
+            }
+        };
         let uid = host.uid_base + (host.uids.fetch_add(1, Ordering::Relaxed) & 0xFFF);
         let home = socket.with_extension("home");
         let mailbox = Arc::new(Mailbox::default());
@@ -460,6 +540,7 @@ impl ProcessSandbox {
             Ok(e) => e,
             Err(e) => {
                 let _ = fs::remove_dir_all(&home);
+                unwatch(host, probe);
                 let _ = cg.remove();
                 return Err(e);
             }
@@ -499,6 +580,7 @@ impl ProcessSandbox {
             Err(e) => {
                 drop(endpoint);
                 let _ = fs::remove_dir_all(&home);
+                unwatch(host, probe);
                 let _ = cg.remove();
                 return Err(SandboxError::io(
                     format!("starting {SHELL} for {}", spec.name),
@@ -520,8 +602,44 @@ impl ProcessSandbox {
             residual: None,
             last_cpu: 0,
             last_resident: 0,
-            _host: self.host.clone(),
+            probe,
+            deny: !spec.limits.deny.is_empty(),
+            last_freed: 0,
+            host: self.host.clone(),
         })
+    }
+}
+
+fn probe_error(e: maxwell_ebpf::ProbeError) -> SandboxError {
+    SandboxError::Unavailable(e.to_string())
+}
+
+fn lock_probes(host: &Host) -> Option<Result<std::sync::MutexGuard<'_, Probes>, SandboxError>> {
+    host.probes.as_ref().map(|p| {
+        p.lock()
+            .map_err(|_| SandboxError::Unavailable("the probes' lock is poisoned".into()))
+    })
+}
+
+/// Starts the probes' counts for a new agent's cgroup2 cgroup; its id, or `None` without
+/// probes.
+fn watch(host: &Host, cg: &AgentCgroups, limits: &Limits) -> Result<Option<u64>, SandboxError> {
+    let Some(probes) = lock_probes(host) else {
+        return Ok(None);
+    };
+    let dir = cg
+        .v2
+        .as_deref()
+        .ok_or_else(|| SandboxError::Unavailable("the agent has no cgroup2 cgroup".into()))?;
+    let id = maxwell_ebpf::cgroup_id(dir)
+        .map_err(|e| SandboxError::io(format!("reading the id of {}", dir.display()), e))?;
+    probes?.watch(id, &limits.deny).map_err(probe_error)?;
+    Ok(Some(id))
+}
+
+fn unwatch(host: &Host, probe: Option<u64>) {
+    if let (Some(id), Some(Ok(mut p))) = (probe, lock_probes(host)) {
+        p.unwatch(id);
     }
 }
 
@@ -646,6 +764,10 @@ impl Sandbox for ProcessSandbox {
         "process"
     }
 
+    fn erasure_source(&self) -> String {
+        self.host.erasure.clone()
+    }
+
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
         Ok(Box::new(self.spawn_process(spec)?))
     }
@@ -667,7 +789,13 @@ pub struct ProcessAgent {
     residual: Option<Usage>,
     last_cpu: u64,
     last_resident: u64,
-    _host: Arc<Host>,
+    /// The agent's cgroup2 id in the probes' maps, if they are loaded.
+    probe: Option<u64>,
+    /// Whether it has a deny list (checked on every status).
+    deny: bool,
+    /// The bytes the probes had counted as freed at the last usage.
+    last_freed: u64,
+    host: Arc<Host>,
 }
 
 impl ProcessAgent {
@@ -713,6 +841,9 @@ impl ProcessAgent {
 
     /// Describes how the agent's first process ended.
     fn classify(&self, status: ExitStatus) -> Exit {
+        if let Some(e) = self.denied() {
+            return e;
+        }
         let oom = self.cg.oom_kills();
         if oom > 0 {
             return Exit {
@@ -736,12 +867,53 @@ impl ProcessAgent {
         }
     }
 
+    /// The forbidden syscall the agent made, as its exit, if it made one.
+    fn denied(&self) -> Option<Exit> {
+        if !self.deny {
+            return None;
+        }
+        let calls = self.read_calls()?.ok()?;
+        let nr = calls.denied?;
+        Some(Exit {
+            reason: ExitReason::Violation,
+            detail: format!(
+                "made the forbidden syscall {} (number {nr}) on its deny list; killed by the kernel at the call's entry ({} forbidden call(s))",
+                maxwell_ebpf::audit::name(nr),
+                calls.denied_hits
+            ),
+        })
+    }
+
+    fn read_calls(&self) -> Option<Result<CallCounts, SandboxError>> {
+        let id = self.probe?;
+        Some(lock_probes(&self.host)?.and_then(|p| p.calls(id).map_err(probe_error)))
+    }
+
+    /// Bytes freed since the last call, by the probes' count (0 without probes).
+    fn freed_since(&mut self) -> Result<u64, SandboxError> {
+        let (Some(id), Some(probes)) = (self.probe, lock_probes(&self.host)) else {
+            return Ok(0);
+        };
+        let total = probes?.erasure(id).map_err(probe_error)?.total();
+        let d = total.saturating_sub(self.last_freed);
+        self.last_freed = self.last_freed.max(total);
+        Ok(d)
+    }
+
     /// Frees everything once the first process is gone.
     fn finish(&mut self, exit: Exit) -> Exit {
         let cpu = self.cg.cpu_ns().unwrap_or(self.last_cpu);
         self.cg.kill_all();
-        self.endpoint.stop();
         let mut exit = exit;
+        let freed = match self.freed_since() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = write!(exit.detail, "; its last erasure was not read: {e}");
+                0
+            }
+        };
+        unwatch(&self.host, self.probe.take());
+        self.endpoint.stop();
         if let Err(e) = self.cg.remove() {
             let _ = write!(exit.detail, "; {e}");
         }
@@ -753,7 +925,7 @@ impl ProcessAgent {
         self.residual = Some(Usage {
             cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
             resident: Bytes(0),
-            erased: Bytes(self.last_resident),
+            erased: Bytes(self.last_resident.max(freed)),
         });
         self.paused = false;
         self.exit = Some(exit.clone());
@@ -867,10 +1039,11 @@ impl Agent for ProcessAgent {
         }
         let cpu = self.cg.cpu_ns()?;
         let resident = self.cg.memory()?;
+        let freed = self.freed_since()?;
         let u = Usage {
             cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
             resident: Bytes(resident),
-            erased: Bytes(self.last_resident.saturating_sub(resident)),
+            erased: Bytes(self.last_resident.saturating_sub(resident).max(freed)),
         };
         self.last_cpu = self.last_cpu.max(cpu);
         self.last_resident = resident;
@@ -881,9 +1054,16 @@ impl Agent for ProcessAgent {
         &self.mailbox
     }
 
+    fn syscalls(&mut self) -> Option<Result<CallCounts, SandboxError>> {
+        self.read_calls()
+    }
+
     fn status(&mut self) -> Status {
         if let Some(e) = self.reap() {
             return Status::Exited(e);
+        }
+        if let Some(e) = self.denied() {
+            return Status::Exited(self.apoptosis(e.reason, &e.detail));
         }
         if self.cg.oom_kills() > 0 {
             return Status::Exited(self.apoptosis(
