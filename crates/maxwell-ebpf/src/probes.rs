@@ -256,12 +256,46 @@ impl Probes {
         })
     }
 
+    /// The kernel's ids of the attached programs and of the maps they use (for checking that
+    /// nothing is left once the probes are gone: compare with [`loaded_ids`]).
+    pub fn kernel_ids(&self) -> Result<(Vec<u32>, Vec<u32>), ProbeError> {
+        let mut progs = Vec::new();
+        let mut maps = Vec::new();
+        for (obj, prog, _, _) in ATTACH {
+            let info = self._objects[obj]
+                .program(prog)
+                .ok_or_else(|| ProbeError::Unavailable(format!("no program {prog}")))?
+                .info()
+                .map_err(|e| ProbeError::Unavailable(format!("{prog}: {}", chain(&e))))?;
+            progs.push(info.id());
+            if let Ok(Some(ids)) = info.map_ids() {
+                maps.extend(ids);
+            }
+        }
+        maps.sort_unstable();
+        maps.dedup();
+        Ok((progs, maps))
+    }
+
     /// Events the programs could not record (a full map), since loading. Never silent: the
     /// daemon reports any as a counter and in `maxwell sensors`.
     pub fn losses(&self) -> Result<u64, ProbeError> {
         let v = self.losses.get(&0, 0).map_err(map_err("losses"))?;
         Ok(v.iter().sum())
     }
+}
+
+/// The ids of every BPF program and map loaded in the kernel now (needs root).
+pub fn loaded_ids() -> (std::collections::BTreeSet<u32>, std::collections::BTreeSet<u32>) {
+    let progs = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .map(|m| m.id())
+        .collect();
+    (progs, maps)
 }
 
 /// The cgroup2 id of the cgroup at `dir` (the inode number of its directory, which is what

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -155,4 +155,86 @@ fn frees_are_counted_per_cgroup_and_only_there() {
         probes.erasure(a).is_err(),
         "an unwatched cgroup still has an entry"
     );
+}
+
+#[test]
+#[ignore = "run by probes_are_gone_when_their_process_stops_or_dies"]
+fn helper_hold() {
+    if std::env::var("HELPER_HOLD").is_err() {
+        return;
+    }
+    let p = Probes::load().unwrap();
+    let (progs, maps) = p.kernel_ids().unwrap();
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    println!("ids {} {}", list(&progs), list(&maps));
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    if line.trim() == "stop" {
+        drop(p);
+        println!("stopped");
+        std::io::stdin().read_line(&mut line).unwrap();
+    }
+}
+
+#[test]
+fn probes_are_gone_when_their_process_stops_or_dies() {
+    if probes_or_skip().is_none() {
+        return;
+    }
+    for how in ["stop", "sigkill"] {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["helper_hold", "--exact", "--ignored", "--nocapture"])
+            .env("HELPER_HOLD", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let ids = loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the helper said nothing");
+            if let Some(rest) = line.trim().strip_prefix("ids ") {
+                break rest.to_string();
+            }
+        };
+        let parse = |s: &str| -> Vec<u32> { s.split(',').map(|x| x.parse().unwrap()).collect() };
+        let (progs, maps) = ids.split_once(' ').unwrap();
+        let (progs, maps) = (parse(progs), parse(maps));
+        assert_eq!(progs.len(), 8);
+        assert!(maps.len() >= 5, "maps: {maps:?}");
+        let (lp, lm) = maxwell_ebpf::loaded_ids();
+        assert!(progs.iter().all(|p| lp.contains(p)) && maps.iter().all(|m| lm.contains(m)));
+        if how == "stop" {
+            writeln!(child.stdin.as_mut().unwrap(), "stop").unwrap();
+            loop {
+                line.clear();
+                assert!(out.read_line(&mut line).unwrap() > 0);
+                if line.trim() == "stopped" {
+                    break;
+                }
+            }
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        // The kernel frees programs and maps once their last reference goes (asynchronously,
+        // after an RCU grace period).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (lp, lm) = maxwell_ebpf::loaded_ids();
+            let left: Vec<u32> = progs.iter().filter(|p| lp.contains(p)).copied().collect();
+            let left_maps: Vec<u32> = maps.iter().filter(|m| lm.contains(m)).copied().collect();
+            if left.is_empty() && left_maps.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "after {how}: programs {left:?} and maps {left_maps:?} are still loaded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
 }
