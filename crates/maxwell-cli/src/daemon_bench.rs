@@ -143,6 +143,7 @@ fn measure(a: &DaemonBenchArgs, dir: &Path, pid: u32) -> anyhow::Result<Report> 
                 // Never above the reserve: they are hosted, never run.
                 opening_bid: Some(Tokens::ZERO),
                 memory_max: None,
+                deny_syscalls: Vec::new(),
                 fund: Some(maxwell_daemon::sign::sign_fund(
                     &key,
                     &node.public_key,

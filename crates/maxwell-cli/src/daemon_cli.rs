@@ -114,6 +114,10 @@ pub(crate) struct SpawnArgs {
     /// Bid placed for it until it bids itself.
     #[arg(long)]
     opening_bid: Option<Tokens>,
+    /// A syscall that kills the agent (x86-64 name such as ptrace, or a class such as
+    /// @network, @privileged); repeat for more. Process backend with its eBPF probes only.
+    #[arg(long = "deny", value_name = "SYSCALL")]
+    deny: Vec<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -259,6 +263,7 @@ pub(crate) fn agents(c: &AgentsCommand) -> anyhow::Result<Exit> {
                 opening_bid: a.opening_bid,
                 memory_max: None,
                 fund,
+                deny_syscalls: a.deny.clone(),
             };
             let v: AgentView = client.call("POST", "/v1/agents", Some(&req)).await?;
             write_out(&format!(
@@ -608,6 +613,7 @@ pub(crate) async fn spawn_cast(
             max_bid: None,
             opening_bid: None,
             memory_max: None,
+            deny_syscalls: Vec::new(),
             fund: Some(maxwell_daemon::sign::sign_fund(
                 key,
                 &node.public_key,

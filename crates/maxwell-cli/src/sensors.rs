@@ -49,6 +49,28 @@ struct Report<'a> {
     fallbacks: &'a [String],
     /// NVIDIA GPUs, when read (feature `nvml`); not included in `power_w`.
     gpu: Option<GpuReading>,
+    /// How native agents' erasure is measured here.
+    erasure: Erasure,
+}
+
+/// Whether the eBPF probes load (native agents' erasure measured, syscalls audited).
+#[derive(Serialize)]
+struct Erasure {
+    probes: bool,
+    detail: String,
+}
+
+fn erasure() -> Erasure {
+    match maxwell_ebpf::check() {
+        Ok(()) => Erasure {
+            probes: true,
+            detail: "eBPF tracepoints (munmap, madvise, brk, mremap; raw_syscalls for the audit) load and attach: native agents' erasure is measured, their syscalls counted and deny lists enforced".into(),
+        },
+        Err(e) => Erasure {
+            probes: false,
+            detail: format!("{e}; native agents' erasure falls back to the drop in resident memory, and syscall deny lists are refused"),
+        },
+    }
 }
 
 fn sample(p: &mut Physics, interval: Nanos) -> (f64, f64, Option<GpuReading>) {
@@ -91,6 +113,7 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
             interval_s: a.interval.as_secs_f64(),
             fallbacks: &p.fallbacks,
             gpu,
+            erasure: erasure(),
         };
         let mut text = serde_json::to_string_pretty(&report)?;
         text.push('\n');
@@ -110,14 +133,17 @@ pub(crate) fn sensors(a: &SensorsArgs) -> anyhow::Result<Exit> {
                 c.reason
             ));
         }
+        let er = erasure();
         text.push_str(&format!(
-            "\nEnergy:      {}{}: {}\nTemperature: {}{}: {}\n\nNow: {:.1} W, {:.1} C{}\n",
+            "\nEnergy:      {}{}: {}\nTemperature: {}{}: {}\nErasure:     {}: {}\n\nNow: {:.1} W, {:.1} C{}\n",
             p.energy_source().source,
             label(p.energy_source()),
             p.energy_source().detail,
             p.temperature_source().source,
             label(p.temperature_source()),
             p.temperature_source().detail,
+            if er.probes { "ebpf" } else { "estimate" },
+            er.detail,
             power_w,
             temperature_c,
             gpu_text(gpu)

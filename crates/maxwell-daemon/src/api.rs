@@ -66,6 +66,11 @@ pub struct SpawnRequest {
     /// the first rent makes the agent insolvent: fund it in the same request.
     #[serde(default)]
     pub fund: Option<FundRequest>,
+    /// Syscalls (x86-64 names, or classes such as `@network`, `@privileged`) that kill the
+    /// agent: the process backend with its eBPF probes enforces them; other backends refuse
+    /// a non-empty list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_syscalls: Vec<String>,
 }
 
 /// `POST /v1/wallets/{name}/fund`: minting `amount` into the wallet, signed by its owner over
@@ -195,6 +200,9 @@ pub struct AgentView {
     pub quanta: u64,
     /// Owner's public key.
     pub owner: String,
+    /// Its syscalls (process agents, where the eBPF probes load), sampled once a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<crate::audit::SyscallSummary>,
 }
 
 /// `GET /v1/wallets/{name}`.

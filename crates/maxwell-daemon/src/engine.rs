@@ -64,6 +64,8 @@ pub enum Op {
     Wallet(String, Reply<WalletView>),
     /// Read an agent's recent log lines.
     Logs(String, Reply<crate::api::LogsView>),
+    /// Read an agent's syscall series.
+    Syscalls(String, Reply<crate::audit::SeriesView>),
     /// Top up the bounty pool (any sponsor's signature, checked by the loop).
     FundPool(FundRequest, Reply<BountyPoolView>),
     /// Read the bounty pool (and this sponsor's last nonce, if a key is given).
@@ -106,6 +108,9 @@ pub struct Record {
     pub memory_max: maxwell_core::Bytes,
     /// Last funding nonce.
     pub nonce: u64,
+    /// Syscalls that kill it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_syscalls: Vec<String>,
 }
 
 /// The bounty pool's sponsors and their last nonces.
@@ -175,6 +180,12 @@ const IDLE_WAT: &str = r#"(module
   (data (i32.const 0) "idle")
   (func (export "run") (call $log (i32.const 0) (i32.const 4)) (loop $l (br $l))))"#;
 
+/// Parses a spec's syscall deny list; errors are 422s naming the bad entry.
+pub fn deny_of(names: &[String]) -> Result<maxwell_sandbox::SyscallSet, ApiError> {
+    maxwell_sandbox::SyscallSet::parse(names)
+        .map_err(|e| ApiError::new(422, format!("deny_syscalls: {e}")))
+}
+
 /// Turns a program reference into a sandbox spec; errors are 4xx messages. `native_builtins`
 /// is where the built-in agents' native programs are, for backends that run native programs
 /// (the microvm backend's statically linked ones); without it built-ins are WASM modules.
@@ -183,6 +194,7 @@ pub fn spec_of(
     program: &ProgramRef,
     memory_max: maxwell_core::Bytes,
     pids_max: u32,
+    deny: maxwell_sandbox::SyscallSet,
     native_builtins: Option<&std::path::Path>,
 ) -> Result<AgentSpec, ApiError> {
     let given = [
@@ -261,7 +273,7 @@ pub fn spec_of(
         limits: Limits {
             memory_max,
             pids_max,
-            ..Limits::default()
+            deny,
         },
     })
 }
@@ -298,6 +310,10 @@ pub struct Engine {
     fundings: Vec<PendingFunding>,
     /// Each agent's most recent log lines, with the tick they arrived.
     logs: BTreeMap<AgentId, VecDeque<(u64, String)>>,
+    /// Each audited agent's syscall series.
+    audit: BTreeMap<AgentId, crate::audit::Series>,
+    /// Agents whose syscalls could not be read (warned once each).
+    audit_failed: std::collections::BTreeSet<AgentId>,
     /// Top-ups of the bounty pool queued for the next tick, answered once it is committed.
     pool_fundings: Vec<(Tokens, String, Reply<BountyPoolView>)>,
     /// The pool's sponsors and their last nonces (`sponsors.json`), read at first use.
@@ -343,6 +359,8 @@ impl Engine {
             work: VecDeque::new(),
             fundings: Vec::new(),
             logs: BTreeMap::new(),
+            audit: BTreeMap::new(),
+            audit_failed: std::collections::BTreeSet::new(),
             pool_fundings: Vec::new(),
             sponsors: None,
         }
@@ -516,6 +534,33 @@ impl Engine {
             bounties: stats.bounties,
             quanta: stats.quanta_won,
             owner: r.owner.clone(),
+            syscalls: self.audit.get(&id).map(|s| s.summary().clone()),
+        }
+    }
+
+    /// Reads the syscall counts of `ids` into their series.
+    fn sample_syscalls(&mut self, tick: u64, ids: &[AgentId]) {
+        for &id in ids {
+            match self.node.syscalls(id) {
+                None => {}
+                Some(Ok(c)) => {
+                    let deny = self
+                        .roster
+                        .get(id.0 as usize)
+                        .map(|r| r.deny_syscalls.clone())
+                        .unwrap_or_default();
+                    self.audit.entry(id).or_default().push(tick, &c, &deny);
+                }
+                Some(Err(e)) if self.audit_failed.insert(id) => {
+                    let name = self
+                        .roster
+                        .get(id.0 as usize)
+                        .map_or("?", |r| r.name.as_str());
+                    tracing::warn!(agent = %name, error = %e, "cannot read the agent's syscall counts; its series stops");
+                }
+                // Warned already.
+                Some(Err(_)) => {}
+            }
         }
     }
 
@@ -595,6 +640,20 @@ impl Engine {
                         let _ = reply.send(Err(e));
                     }
                 }
+                return;
+            }
+            Op::Syscalls(name, reply) => {
+                let r = self.find(&name).and_then(|id| {
+                    self.audit.get(&id).map(|s| s.view(&name)).ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            format!(
+                                "{name} has no syscall series: only process agents are audited, where the eBPF probes load (`maxwell sensors` says whether they do)"
+                            ),
+                        )
+                    })
+                });
+                let _ = reply.send(r);
                 return;
             }
             Op::Logs(name, reply) => {
@@ -844,6 +903,7 @@ impl Engine {
             opening_bid: opening,
             memory_max,
             nonce,
+            deny_syscalls: req.deny_syscalls.clone(),
         });
         if let Err(e) = self.save() {
             self.roster.pop();
@@ -998,6 +1058,16 @@ impl Engine {
                 tracing::warn!(agent = %name, error = %what, "sandbox operation failed");
             }
             self.events(&report);
+            let dead: Vec<AgentId> = report.deaths.iter().map(|d| d.agent).collect();
+            if report.tick.is_multiple_of(crate::audit::SAMPLE_TICKS) {
+                let alive: Vec<AgentId> = (0..self.roster.len() as u32)
+                    .map(AgentId)
+                    .filter(|&id| matches!(self.node.market().life(id), Some(Life::Alive)))
+                    .collect();
+                self.sample_syscalls(report.tick, &alive);
+            }
+            // The dead, once more: their counts when they ended (a forbidden call among them).
+            self.sample_syscalls(report.tick, &dead);
             self.publish(
                 &report,
                 changed || n.is_multiple_of(10) || !report.deaths.is_empty(),

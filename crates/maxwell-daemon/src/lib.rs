@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod conn;
@@ -117,12 +118,14 @@ async fn spawn_agent(
         .unwrap_or_else(|| default_memory(&app.config));
     let pids_max = app.config.agents.pids_max;
     let backend = app.config.backend;
+    let deny = engine::deny_of(&req.deny_syscalls)?;
     let agent = tokio::task::spawn_blocking(move || {
         let spec = engine::spec_of(
             &name,
             &program,
             memory_max,
             pids_max,
+            deny,
             native_builtins(backend).as_deref(),
         )?;
         sandbox
@@ -203,6 +206,33 @@ async fn logs(
     Ok(Json(app.ask(|tx| Op::Logs(name, tx)).await?))
 }
 
+async fn syscalls(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<audit::SeriesView>, ApiError> {
+    Ok(Json(app.ask(|tx| Op::Syscalls(name, tx)).await?))
+}
+
+async fn agent(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<api::AgentView>, ApiError> {
+    app.shared
+        .agents
+        .lock()
+        .map_err(|_| ApiError::new(500, "the agents' lock is poisoned"))?
+        .iter()
+        .find(|a| a.name == name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                format!("no agent named {name:?}; `maxwell agents list` shows them"),
+            )
+        })
+}
+
 async fn agents(State(app): State<App>) -> Json<Vec<api::AgentView>> {
     Json(
         app.shared
@@ -278,7 +308,15 @@ async fn prometheus(State(app): State<App>) -> Response {
         .lock()
         .map(|g| g.clone())
         .unwrap_or_default();
-    match metrics::render(&m, &a, &st) {
+    let losses = match app.sandbox.probe_losses() {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            return ApiError::new(500, format!("metrics: the eBPF probes' losses: {e}"))
+                .into_response();
+        }
+    };
+    match metrics::render(&m, &a, &st, losses) {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -303,8 +341,9 @@ fn router(app: App) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/market", get(market))
         .route("/v1/agents", get(agents).post(spawn_agent))
-        .route("/v1/agents/{name}", axum::routing::delete(kill_agent))
+        .route("/v1/agents/{name}", get(agent).delete(kill_agent))
         .route("/v1/agents/{name}/logs", get(logs))
+        .route("/v1/agents/{name}/syscalls", get(syscalls))
         .route("/v1/wallets/{name}", get(wallet))
         .route("/v1/wallets/{name}/fund", post(fund))
         .route("/v1/bounty-pool", get(pool))
@@ -476,13 +515,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         // starts after the highest claimed range), so restarted scientists never redo it.
         let mut specs = Vec::new();
         for r in &roster {
-            let spec = match engine::spec_of(
-                &r.name,
-                &r.program,
-                r.memory_max,
-                config.agents.pids_max,
-                native_builtins(config.backend).as_deref(),
-            ) {
+            let spec = match engine::deny_of(&r.deny_syscalls).and_then(|deny| {
+                engine::spec_of(
+                    &r.name,
+                    &r.program,
+                    r.memory_max,
+                    config.agents.pids_max,
+                    deny,
+                    native_builtins(config.backend).as_deref(),
+                )
+            }) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(agent = %r.name, error = %e.message, "cannot restart this agent; it stays frozen");

@@ -1,6 +1,7 @@
 //! `/metrics`: Prometheus (OpenMetrics) text, labelled per agent name, never per pid.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -10,6 +11,12 @@ use crate::api::{AgentView, MarketView, Stats};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLabel {
     agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    agent: String,
+    class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +38,7 @@ pub fn render(
     m: &MarketView,
     agents: &[AgentView],
     stats: &Stats,
+    probe_losses: Option<u64>,
 ) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("maxwell");
     gauge(
@@ -155,6 +163,31 @@ pub fn render(
     );
     r.register("agent_cpu_seconds", "CPU time used", cpu);
     r.register("agent_state", "1 for the agent's current state", state);
+    let calls = Family::<ClassLabel, Counter>::default();
+    for a in agents {
+        for (class, n) in a.syscalls.iter().flat_map(|s| &s.by_class) {
+            calls
+                .get_or_create(&ClassLabel {
+                    agent: a.name.clone(),
+                    class: class.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    r.register(
+        "agent_syscalls",
+        "Syscalls made by the agent's processes, by class (eBPF audit of process agents, sampled once a second)",
+        calls,
+    );
+    if let Some(n) = probe_losses {
+        let c = Counter::<u64>::default();
+        c.inc_by(n);
+        r.register(
+            "ebpf_lost_events",
+            "Events the eBPF probes could not record (a full map) since they loaded",
+            c,
+        );
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)

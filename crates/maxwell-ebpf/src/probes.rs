@@ -285,8 +285,17 @@ impl Probes {
     }
 }
 
+/// Whether the probes load and attach here (they are detached again at once), for reports such
+/// as `maxwell sensors`.
+pub fn check() -> Result<(), ProbeError> {
+    Probes::load().map(drop)
+}
+
 /// The ids of every BPF program and map loaded in the kernel now (needs root).
-pub fn loaded_ids() -> (std::collections::BTreeSet<u32>, std::collections::BTreeSet<u32>) {
+pub fn loaded_ids() -> (
+    std::collections::BTreeSet<u32>,
+    std::collections::BTreeSet<u32>,
+) {
     let progs = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| p.id())

@@ -193,7 +193,10 @@ fn probes_are_gone_when_their_process_stops_or_dies() {
         let mut line = String::new();
         let ids = loop {
             line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "the helper said nothing");
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "the helper said nothing"
+            );
             if let Some(rest) = line.trim().strip_prefix("ids ") {
                 break rest.to_string();
             }

@@ -378,6 +378,15 @@ impl Node {
         self.commands.push(Command::FundBountyPool { amount });
     }
 
+    /// The agent's syscalls since it started, where its backend audits them (after its death:
+    /// its counts when it ended).
+    pub fn syscalls(
+        &mut self,
+        agent: AgentId,
+    ) -> Option<Result<maxwell_sandbox::CallCounts, maxwell_sandbox::SandboxError>> {
+        self.slots.get_mut(&agent)?.agent.syscalls()
+    }
+
     /// Asks for an agent's death (its owner's wish), at the next tick.
     pub fn kill(&mut self, agent: AgentId) {
         self.commands.push(Command::Kill {

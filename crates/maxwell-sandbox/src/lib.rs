@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use maxwell_core::work::PrimeClaim;
 use maxwell_core::{Bytes, Nanos, Tokens};
+pub use maxwell_ebpf::audit::name as syscall_name;
 pub use maxwell_ebpf::{CallCounts, Class as SyscallClass, SyscallSet};
 
 pub mod erasure;
@@ -213,6 +214,12 @@ pub trait Sandbox: Send + Sync {
     fn erasure_source(&self) -> String {
         "estimated by the backend".into()
     }
+
+    /// Events the backend's eBPF probes could not record since they loaded; `None` where
+    /// there are no probes.
+    fn probe_losses(&self) -> Option<Result<u64, SandboxError>> {
+        None
+    }
 }
 
 /// A shared backend: the daemon starts agents (compiling their modules) on its API threads
@@ -226,6 +233,9 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
     }
     fn erasure_source(&self) -> String {
         (**self).erasure_source()
+    }
+    fn probe_losses(&self) -> Option<Result<u64, SandboxError>> {
+        (**self).probe_losses()
     }
 }
 

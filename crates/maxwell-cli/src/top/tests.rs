@@ -14,6 +14,7 @@ use super::ui;
 
 fn agent(id: u32, name: &str, state: &str, balance: u64, cpu: f64, work: u64) -> AgentView {
     AgentView {
+        syscalls: None,
         id,
         name: name.into(),
         backend: "wasm".into(),

@@ -68,7 +68,7 @@ impl Daemon {
     }
 
     /// A raw HTTP/1.0 request on the socket: status and body.
-    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut s = UnixStream::connect(self.dir.join("maxwell.sock")).unwrap();
         write!(
             s,

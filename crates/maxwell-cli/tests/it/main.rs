@@ -4,6 +4,7 @@
 
 mod auction;
 mod daemon;
+mod ebpf;
 mod experiment;
 mod ledger;
 mod microvm;

@@ -605,6 +605,7 @@ impl ProcessSandbox {
             probe,
             deny: !spec.limits.deny.is_empty(),
             last_freed: 0,
+            final_calls: None,
             host: self.host.clone(),
         })
     }
@@ -768,6 +769,10 @@ impl Sandbox for ProcessSandbox {
         self.host.erasure.clone()
     }
 
+    fn probe_losses(&self) -> Option<Result<u64, SandboxError>> {
+        ProcessSandbox::probe_losses(self)
+    }
+
     fn spawn(&self, spec: &AgentSpec) -> Result<Box<dyn Agent>, SandboxError> {
         Ok(Box::new(self.spawn_process(spec)?))
     }
@@ -795,6 +800,8 @@ pub struct ProcessAgent {
     deny: bool,
     /// The bytes the probes had counted as freed at the last usage.
     last_freed: u64,
+    /// Its syscall counts when it ended (its map entry is freed then).
+    final_calls: Option<CallCounts>,
     host: Arc<Host>,
 }
 
@@ -912,6 +919,7 @@ impl ProcessAgent {
                 0
             }
         };
+        self.final_calls = self.read_calls().and_then(Result::ok);
         unwatch(&self.host, self.probe.take());
         self.endpoint.stop();
         if let Err(e) = self.cg.remove() {
@@ -1055,6 +1063,9 @@ impl Agent for ProcessAgent {
     }
 
     fn syscalls(&mut self) -> Option<Result<CallCounts, SandboxError>> {
+        if self.exit.is_some() {
+            return self.final_calls.clone().map(Ok);
+        }
         self.read_calls()
     }
 
