@@ -11,6 +11,7 @@ mod bench;
 mod crash;
 mod daemon_bench;
 mod daemon_cli;
+mod ebpf_bench;
 mod experiment;
 mod ledger;
 mod microvm_cli;
@@ -179,6 +180,9 @@ enum BenchCommand {
     Daemon(daemon_bench::DaemonBenchArgs),
     /// MicroVM spawn: boot time of guests (and kill time), p50/p99.
     Spawn(microvm_cli::SpawnBenchArgs),
+    /// The eBPF probes' cost: per event, and the slowdown of a syscall-heavy agent and of the
+    /// scientist, against the same workloads without them (needs root).
+    Ebpf(ebpf_bench::EbpfBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(BenchCommand::Ledger(a)) => ledger::bench(&a),
         Command::Bench(BenchCommand::Daemon(a)) => daemon_bench::run(&a),
         Command::Bench(BenchCommand::Spawn(a)) => microvm_cli::spawn_bench(&a),
+        Command::Bench(BenchCommand::Ebpf(a)) => ebpf_bench::run(&a),
         Command::Microvm(c) => microvm_cli::run(&c),
         Command::Soak(a) => soak::run(&a),
         Command::CrashTest(a) => crash::run(&a),

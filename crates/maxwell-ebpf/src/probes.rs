@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, include_bytes_aligned};
 
 use crate::audit::{CallCounts, SYSCALLS, SyscallSet};
@@ -21,7 +21,8 @@ const LOSS_LEN: usize = 4;
 const CALL_LEN: usize = SYSCALLS + 3;
 const DENY_WORDS: usize = SYSCALLS / 64;
 
-/// The tracepoints: (object, program, category, event).
+/// The tracepoints: (object, program, category, event); the category `raw` marks a raw
+/// tracepoint.
 const ATTACH: [(usize, &str, &str, &str); 8] = [
     (0, "maxwell_munmap", "syscalls", "sys_enter_munmap"),
     (0, "maxwell_madvise", "syscalls", "sys_enter_madvise"),
@@ -29,7 +30,7 @@ const ATTACH: [(usize, &str, &str, &str); 8] = [
     (0, "maxwell_brk", "syscalls", "sys_exit_brk"),
     (0, "maxwell_exec", "sched", "sched_process_exec"),
     (0, "maxwell_exit", "sched", "sched_process_exit"),
-    (1, "maxwell_sys_enter", "raw_syscalls", "sys_enter"),
+    (1, "maxwell_sys_enter", "raw", "sys_enter"),
     (1, "maxwell_arm", "sched", "sched_process_exec"),
 ];
 
@@ -168,22 +169,26 @@ impl Probes {
             load(SYSCALL, "syscall.bpf.o")?,
         ];
         for (obj, prog, category, event) in ATTACH {
-            let p: &mut TracePoint = objects[obj]
-                .program_mut(prog)
-                .ok_or_else(|| {
-                    ProbeError::Unavailable(format!("the BPF object has no program {prog}"))
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| {
-                    ProbeError::Unavailable(format!("{prog}: {}", chain(&e)))
-                })?;
-            p.load().map_err(|e| {
-                ProbeError::Unavailable(format!(
-                    "loading {prog} (the verifier refused it?): {}",
-                    chain(&e)
-                ))
+            let program = objects[obj].program_mut(prog).ok_or_else(|| {
+                ProbeError::Unavailable(format!("the BPF object has no program {prog}"))
             })?;
-            p.attach(category, event).map_err(|e| {
+            let unavailable = |what: &str, e: &dyn std::error::Error| {
+                ProbeError::Unavailable(format!("{what} {prog}: {}", chain(e)))
+            };
+            let attached = if category == "raw" {
+                let p: &mut RawTracePoint =
+                    program.try_into().map_err(|e| unavailable("typing", &e))?;
+                p.load()
+                    .map_err(|e| unavailable("loading (the verifier refused it?)", &e))?;
+                p.attach(event).map(drop)
+            } else {
+                let p: &mut TracePoint =
+                    program.try_into().map_err(|e| unavailable("typing", &e))?;
+                p.load()
+                    .map_err(|e| unavailable("loading (the verifier refused it?)", &e))?;
+                p.attach(category, event).map(drop)
+            };
+            attached.map_err(|e| {
                 ProbeError::Unavailable(format!(
                     "attaching {prog} to the tracepoint {category}:{event}: {}",
                     chain(&e)

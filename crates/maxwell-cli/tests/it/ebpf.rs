@@ -171,3 +171,23 @@ fn the_daemon_kills_on_a_forbidden_syscall_records_why_and_reports_syscalls() {
     assert_eq!(code, 0, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_benchmark_counts_every_call_and_reports_its_figures() {
+    if ready().is_none() {
+        return;
+    }
+    // A short run: the figures' values are for the benchmark to report, not for a test to
+    // time; what must hold is that the kernel counted every call the worker made.
+    let o = maxwell(
+        &["bench", "ebpf", "--seconds", "0.2", "--runs", "1", "--json"],
+        "",
+    );
+    assert!(o.status.success(), "{}", crate::stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["probe_losses"], 0, "{v}");
+    assert_eq!(v["workloads"].as_array().unwrap().len(), 3, "{v}");
+    assert!(v["event_rate"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["event_ns_agent"].as_f64().is_some(), "{v}");
+}
