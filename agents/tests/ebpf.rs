@@ -272,3 +272,106 @@ fn without_probes_erasure_is_estimated_and_deny_lists_are_refused() {
     assert!(a.syscalls().is_none(), "syscall counts without probes");
     drop(a);
 }
+
+/// A static x86-64 ELF that makes a 32-bit syscall (`int 0x80`: i386 getpid, number 20) and
+/// exits with code 0 through the 32-bit exit. Written byte by byte: no compiler here makes one.
+fn int80_program() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let code: [u8; 16] = [
+        0xb8, 0x14, 0, 0, 0, // mov eax, 20 (i386 getpid)
+        0xcd, 0x80, // int 0x80
+        0xb8, 0x01, 0, 0, 0, // mov eax, 1 (i386 exit)
+        0x31, 0xdb, // xor ebx, ebx
+        0xcd, 0x80, // int 0x80
+    ];
+    let total = (64 + 56 + code.len()) as u64;
+    let mut e = Vec::new();
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&(BASE + 64 + 56).to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // program headers
+    e.extend_from_slice(&0u64.to_le_bytes()); // no sections
+    e.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R X
+    for v in [0, BASE, BASE, total, total, 0x1000] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(&code);
+    e
+}
+
+#[test]
+fn a_32_bit_syscall_cannot_pass_a_deny_list_under_another_number() {
+    let Some((_g, s)) = sandbox_with_probes() else {
+        return;
+    };
+    let mut leaks = Leaks::default();
+    leaks.parents(&s);
+    let path = std::env::temp_dir().join(format!("maxwell-int80-{}", std::process::id()));
+    std::fs::write(&path, int80_program()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = |name: &str, deny: SyscallSet| AgentSpec {
+        name: name.into(),
+        program: Program::Native {
+            path: path.clone(),
+            args: vec![],
+        },
+        limits: Limits {
+            deny,
+            ..Limits::default()
+        },
+    };
+    // Without a list the program runs its 32-bit calls and exits 0 (counted as "other").
+    let mut free = s
+        .spawn_process(&spec("int80-free", SyscallSet::EMPTY))
+        .unwrap();
+    // With any list (here one that forbids only ptrace) its first 32-bit call kills it.
+    let mut listed = s
+        .spawn_process(&spec(
+            "int80-listed",
+            SyscallSet::parse(&["ptrace"]).unwrap(),
+        ))
+        .unwrap();
+    leaks.watch(&free);
+    leaks.watch(&listed);
+    free.resume().unwrap();
+    listed.resume().unwrap();
+    let exit_of = |a: &mut ProcessAgent| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Status::Exited(e) = a.status() {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "the program did not end");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let e = exit_of(&mut free);
+    assert_eq!(e.reason, ExitReason::Finished, "{e:?}");
+    assert!(e.detail.contains("exited with code 0"), "{e:?}");
+    let c = free.syscalls().unwrap().unwrap();
+    assert_eq!(
+        c.counts[maxwell_ebpf_other()],
+        2,
+        "32-bit calls counted: {c:?}"
+    );
+    let e = exit_of(&mut listed);
+    assert_eq!(e.reason, ExitReason::Violation, "{e:?}");
+    assert!(e.detail.contains("32-bit"), "{e:?}");
+    drop(free);
+    drop(listed);
+    drop(s);
+    std::fs::remove_file(&path).unwrap();
+    leaks.check();
+}
+
+fn maxwell_ebpf_other() -> usize {
+    maxwell_sandbox::SYSCALLS_OTHER
+}

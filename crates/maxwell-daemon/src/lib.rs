@@ -419,6 +419,12 @@ fn open_sandbox(backend: Backend) -> anyhow::Result<Arc<dyn Sandbox>> {
             for r in sb.reaped() {
                 tracing::warn!(cgroup = %r, "reaped agents left by a daemon that was killed");
             }
+            // Said once: how erasure is measured, and why not by the probes if not.
+            if sb.probes_loaded() {
+                tracing::info!(erasure = %sb.erasure_source(), "process backend: eBPF probes attached");
+            } else {
+                tracing::warn!(erasure = %sb.erasure_source(), "process backend: no eBPF probes");
+            }
             Arc::new(sb)
         }
     })

@@ -40,6 +40,25 @@ struct {
  * about 270 ns a call for any process with the perf tracepoint, see `maxwell bench ebpf`). The
  * raw tracepoint's arguments are (struct pt_regs *regs, long id); only the id is read.
  */
+/*
+ * Whether the current syscall is a 32-bit one (int 0x80 or sysenter from compat code): its
+ * number is the i386 table's, not x86-64's, so it cannot be counted or judged by number.
+ * TS_COMPAT is bit 1 of x86-64's thread_info.status; thread_info is the first member of
+ * task_struct and status follows flags and syscall_work (byte 16, as the kernel's BTF says;
+ * the layout has held since Linux 5.11, and a test makes a 32-bit call to check it).
+ */
+#define THREAD_INFO_STATUS 16
+#define TS_COMPAT 0x0002
+
+static __always_inline int compat_syscall(void)
+{
+	__u32 status = 0;
+	char *task = (char *)bpf_get_current_task();
+	if (bpf_probe_read_kernel(&status, sizeof(status), task + THREAD_INFO_STATUS) != 0)
+		return 0;
+	return (status & TS_COMPAT) != 0;
+}
+
 SEC("raw_tracepoint/sys_enter")
 int maxwell_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -48,13 +67,17 @@ int maxwell_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	if (!c)
 		return 0;
 	__s64 id = (__s64)ctx->args[1];
-	__u32 i = (id >= 0 && id < MAXWELL_SYSCALLS) ? (__u32)id : MAXWELL_SYSCALLS - 1;
+	/* The last bucket: 32-bit calls and numbers beyond the table (x32's, with bit 30 set). */
+	__u32 i = (id >= 0 && id < MAXWELL_SYSCALLS - 1 && !compat_syscall()) ? (__u32)id
+									       : MAXWELL_SYSCALLS - 1;
 	i &= MAXWELL_SYSCALLS - 1;
 	__sync_fetch_and_add(&c[i], 1);
 	if (!c[CALL_ARMED])
 		return 0;
 	__u64 *d = bpf_map_lookup_elem(&deny, &cg);
-	if (d && (d[i / 64] >> (i % 64)) & 1) {
+	/* With a deny list, what cannot be told apart by number is forbidden too: else a 32-bit
+	 * socketcall or an x32 socket would pass a list that forbids socket. */
+	if (d && (i == MAXWELL_SYSCALLS - 1 || (d[i / 64] >> (i % 64)) & 1)) {
 		if (c[CALL_DENIED_FIRST] == 0)
 			c[CALL_DENIED_FIRST] = (__u64)i + 1;
 		__sync_fetch_and_add(&c[CALL_DENIED_HITS], 1);

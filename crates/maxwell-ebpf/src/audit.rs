@@ -3,8 +3,10 @@
 //! the programs load.
 //!
 //! Numbers are x86-64's (the table of the `syscalls` crate). The kernel map counts numbers 0 to
-//! [`SYSCALLS`]` - 2` one by one; the last bucket gathers every other number (x32 calls, numbers
-//! from a newer kernel).
+//! [`SYSCALLS`]` - 2` one by one; the last bucket, [`OTHER`], gathers what cannot be told apart
+//! by number: 32-bit calls (`int 0x80`, whose numbers are the i386 table's), x32 calls and
+//! numbers beyond the table. An agent with a deny list may make none of those: they would let a
+//! forbidden call through under another number.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +16,9 @@ use syscalls::x86_64::Sysno;
 
 /// Syscall numbers the kernel map counts (its last bucket is "other").
 pub const SYSCALLS: usize = 512;
+
+/// The bucket of 32-bit calls, x32 calls and numbers beyond the table.
+pub const OTHER: usize = SYSCALLS - 1;
 
 /// What a syscall is for, in a few classes a reader can compare across agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -297,6 +302,9 @@ fn class_of_name(name: &str) -> Class {
 
 /// The name of syscall number `nr`, or `nr<n>` where the table has none.
 pub fn name(nr: usize) -> String {
+    if nr == OTHER {
+        return "a 32-bit or x32 syscall (not told apart by number)".into();
+    }
     match Sysno::new(nr) {
         Some(s) => s.name().to_string(),
         None => format!("nr{nr}"),

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use maxwell_core::work::PrimeClaim;
 use maxwell_core::{Bytes, Nanos, Tokens};
-pub use maxwell_ebpf::audit::name as syscall_name;
+pub use maxwell_ebpf::audit::{OTHER as SYSCALLS_OTHER, name as syscall_name};
 pub use maxwell_ebpf::{CallCounts, Class as SyscallClass, SyscallSet};
 
 pub mod erasure;

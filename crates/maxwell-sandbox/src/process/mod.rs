@@ -37,10 +37,10 @@
 //!
 //! Usage: CPU from `cpu.stat`/`cpuacct.usage`; resident memory from
 //! `memory.current`/`memory.usage_in_bytes`. Erased bytes, where the eBPF probes load
-//! ([`maxwell_ebpf::Probes`], keyed by the agent's cgroup2 id): the larger, per quantum, of the
-//! bytes its processes freed by munmap, madvise (DONTNEED, FREE, REMOVE), a lower brk or a
-//! shrinking mremap, and the drop in its resident memory (which also sees memory freed by a
-//! process's exit). Where they do not load (no root, no tracefs, an old kernel) the drop in
+//! ([`maxwell_ebpf::Probes`], keyed by the agent's cgroup2 id): what raises the larger of two
+//! running totals, the bytes its processes freed by munmap, madvise (DONTNEED, FREE, REMOVE), a
+//! lower brk or a shrinking mremap, and the drops in its resident memory (which also see memory
+//! freed by a process's exit). Where they do not load (no root, no tracefs, an old kernel) the drop in
 //! resident memory alone, and [`ProcessSandbox::erasure_source`] says why. Overwrites in place
 //! are not seen either way: this kernel has no soft-dirty bits, and `PAGEMAP_SCAN` needs the
 //! agent's own userfaultfd registration. The probes also count every syscall by number
@@ -605,6 +605,8 @@ impl ProcessSandbox {
             probe,
             deny: !spec.limits.deny.is_empty(),
             last_freed: 0,
+            dropped: 0,
+            charged: 0,
             final_calls: None,
             host: self.host.clone(),
         })
@@ -798,8 +800,12 @@ pub struct ProcessAgent {
     probe: Option<u64>,
     /// Whether it has a deny list (checked on every status).
     deny: bool,
-    /// The bytes the probes had counted as freed at the last usage.
+    /// The bytes the probes had counted as freed by syscalls at the last usage (cumulative).
     last_freed: u64,
+    /// Drops in resident memory so far (cumulative).
+    dropped: u64,
+    /// Erasure charged so far: the larger of `last_freed` and `dropped` at the last usage.
+    charged: u64,
     /// Its syscall counts when it ended (its map entry is freed then).
     final_calls: Option<CallCounts>,
     host: Arc<Host>,
@@ -881,11 +887,18 @@ impl ProcessAgent {
         }
         let calls = self.read_calls()?.ok()?;
         let nr = calls.denied?;
+        let what = if nr == maxwell_ebpf::audit::OTHER {
+            "made a 32-bit or x32 syscall, which an agent with a deny list may not make (its number would not say what it does)".to_string()
+        } else {
+            format!(
+                "made the forbidden syscall {} (number {nr}) on its deny list",
+                maxwell_ebpf::audit::name(nr)
+            )
+        };
         Some(Exit {
             reason: ExitReason::Violation,
             detail: format!(
-                "made the forbidden syscall {} (number {nr}) on its deny list; killed by the kernel at the call's entry ({} forbidden call(s))",
-                maxwell_ebpf::audit::name(nr),
+                "{what}; killed by the kernel at the call's entry ({} forbidden call(s))",
                 calls.denied_hits
             ),
         })
@@ -896,15 +909,27 @@ impl ProcessAgent {
         Some(lock_probes(&self.host)?.and_then(|p| p.calls(id).map_err(probe_error)))
     }
 
-    /// Bytes freed since the last call, by the probes' count (0 without probes).
-    fn freed_since(&mut self) -> Result<u64, SandboxError> {
+    /// Reads the probes' count of bytes freed by syscalls into `last_freed` (cumulative;
+    /// unchanged without probes).
+    fn read_freed(&mut self) -> Result<(), SandboxError> {
         let (Some(id), Some(probes)) = (self.probe, lock_probes(&self.host)) else {
-            return Ok(0);
+            return Ok(());
         };
         let total = probes?.erasure(id).map_err(probe_error)?.total();
-        let d = total.saturating_sub(self.last_freed);
         self.last_freed = self.last_freed.max(total);
-        Ok(d)
+        Ok(())
+    }
+
+    /// Adds a drop in resident memory and returns the erasure not charged yet: the larger of
+    /// the two running totals (bytes freed by syscalls, resident drops) minus what was charged.
+    /// Totals, not per-interval maxima: a munmap counted at its entry in one sample and seen in
+    /// resident memory in the next is charged once.
+    fn erased_since(&mut self, resident_drop: u64) -> u64 {
+        self.dropped = self.dropped.saturating_add(resident_drop);
+        let total = self.dropped.max(self.last_freed);
+        let d = total.saturating_sub(self.charged);
+        self.charged = self.charged.max(total);
+        d
     }
 
     /// Frees everything once the first process is gone.
@@ -912,13 +937,11 @@ impl ProcessAgent {
         let cpu = self.cg.cpu_ns().unwrap_or(self.last_cpu);
         self.cg.kill_all();
         let mut exit = exit;
-        let freed = match self.freed_since() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = write!(exit.detail, "; its last erasure was not read: {e}");
-                0
-            }
-        };
+        if let Err(e) = self.read_freed() {
+            let _ = write!(exit.detail, "; its last erasure was not read: {e}");
+        }
+        // Everything it still held is given back.
+        let erased = self.erased_since(self.last_resident);
         self.final_calls = self.read_calls().and_then(Result::ok);
         unwatch(&self.host, self.probe.take());
         self.endpoint.stop();
@@ -933,7 +956,7 @@ impl ProcessAgent {
         self.residual = Some(Usage {
             cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
             resident: Bytes(0),
-            erased: Bytes(self.last_resident.max(freed)),
+            erased: Bytes(erased),
         });
         self.paused = false;
         self.exit = Some(exit.clone());
@@ -1047,11 +1070,12 @@ impl Agent for ProcessAgent {
         }
         let cpu = self.cg.cpu_ns()?;
         let resident = self.cg.memory()?;
-        let freed = self.freed_since()?;
+        self.read_freed()?;
+        let erased = self.erased_since(self.last_resident.saturating_sub(resident));
         let u = Usage {
             cpu: Nanos(cpu.saturating_sub(self.last_cpu)),
             resident: Bytes(resident),
-            erased: Bytes(self.last_resident.saturating_sub(resident).max(freed)),
+            erased: Bytes(erased),
         };
         self.last_cpu = self.last_cpu.max(cpu);
         self.last_resident = resident;
