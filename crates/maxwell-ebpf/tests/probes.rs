@@ -78,7 +78,9 @@ fn helper_free() {
     for _ in 0..1000 {
         std::hint::black_box(std::process::id());
     }
-    println!("done");
+    // On its own line: with one test thread the harness has printed "test helper_free ... "
+    // without a newline before the test runs.
+    println!("\nhelper-done");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
 }
@@ -99,7 +101,7 @@ fn run_helper(
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while out.read_line(&mut line).unwrap() > 0 {
-        if line.trim() == "done" {
+        if line.trim() == "helper-done" {
             return (child, out);
         }
         line.clear();
@@ -166,12 +168,12 @@ fn helper_hold() {
     let p = Probes::load().unwrap();
     let (progs, maps) = p.kernel_ids().unwrap();
     let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    println!("ids {} {}", list(&progs), list(&maps));
+    println!("\nids {} {}", list(&progs), list(&maps));
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
     if line.trim() == "stop" {
         drop(p);
-        println!("stopped");
+        println!("\nhelper-stopped");
         std::io::stdin().read_line(&mut line).unwrap();
     }
 }
@@ -213,7 +215,7 @@ fn probes_are_gone_when_their_process_stops_or_dies() {
             loop {
                 line.clear();
                 assert!(out.read_line(&mut line).unwrap() > 0);
-                if line.trim() == "stopped" {
+                if line.trim() == "helper-stopped" {
                     break;
                 }
             }
