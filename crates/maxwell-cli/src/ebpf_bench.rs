@@ -119,24 +119,6 @@ fn worker(mode: &str, cgroup: &Path, seconds: f64) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// The cgroup2 mount.
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mountpoint = left.split(' ').nth(4)?;
-            right
-                .starts_with("cgroup2 ")
-                .then(|| PathBuf::from(mountpoint))
-        })
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no cgroup2 hierarchy is mounted: the probes key agents by their cgroup2 cgroup"
-            )
-        })
-}
-
 struct Cgroup(PathBuf);
 
 impl Drop for Cgroup {
@@ -182,7 +164,7 @@ pub(crate) fn run(a: &EbpfBenchArgs) -> anyhow::Result<Exit> {
         a.runs > 0 && a.seconds > 0.0,
         "--runs and --seconds must be positive"
     );
-    let root = cgroup2_root()?;
+    let root = maxwell_ebpf::cgroup2_mount()?;
     let make = |tag: &str| -> anyhow::Result<Cgroup> {
         let d = root.join(format!("maxwell-bench-ebpf-{}-{tag}", std::process::id()));
         std::fs::create_dir(&d).map_err(|e| {

@@ -17,4 +17,4 @@ pub mod audit;
 mod probes;
 
 pub use audit::{CallCounts, Class, SyscallSet};
-pub use probes::{Erasure, ProbeError, Probes, cgroup_id, check, loaded_ids};
+pub use probes::{Erasure, ProbeError, Probes, cgroup_id, cgroup2_mount, check, loaded_ids};

@@ -312,6 +312,26 @@ pub fn loaded_ids() -> (
     (progs, maps)
 }
 
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` on a pure cgroup2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one), from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> std::io::Result<std::path::PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo")?;
+    mi.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| std::path::PathBuf::from(mountpoint))
+        })
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no cgroup2 hierarchy is mounted: the probes key agents by their cgroup2 cgroup",
+            )
+        })
+}
+
 /// The cgroup2 id of the cgroup at `dir` (the inode number of its directory, which is what
 /// `bpf_get_current_cgroup_id` returns for a task in it).
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {

@@ -30,24 +30,13 @@ fn probes_or_skip() -> Option<Probes> {
     }
 }
 
-/// The cgroup2 mount (pure cgroup2 at /sys/fs/cgroup or hybrid at /sys/fs/cgroup/unified).
-fn cgroup2_root() -> PathBuf {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            right
-                .starts_with("cgroup2 ")
-                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
-        })
-        .expect("no cgroup2 mount")
-}
-
 struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let d = cgroup2_root().join(format!("maxwell-ebpf-test-{}-{name}", std::process::id()));
+        let d = maxwell_ebpf::cgroup2_mount()
+            .unwrap()
+            .join(format!("maxwell-ebpf-test-{}-{name}", std::process::id()));
         std::fs::create_dir(&d).unwrap();
         TestCgroup(d)
     }
