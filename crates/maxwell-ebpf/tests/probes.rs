@@ -74,28 +74,54 @@ fn helper_free() {
     std::io::stdin().read_line(&mut line).unwrap();
 }
 
+/// Starts the ignored test `helper` of this binary with `env`, its stdin and stdout piped.
+fn spawn_helper(
+    helper: &str,
+    env: &[(&str, String)],
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([helper, "--exact", "--ignored", "--nocapture"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+/// Reads the helper's lines until `f` takes one (the markers are on lines of their own).
+fn read_until<T>(
+    out: &mut BufReader<std::process::ChildStdout>,
+    mut f: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the helper ended before its marker"
+        );
+        if let Some(t) = f(line.trim()) {
+            return t;
+        }
+    }
+}
+
 /// Runs the helper in `cg` until it says `done`; returns it to be ended by dropping stdin.
 fn run_helper(
     cg: &TestCgroup,
     rounds: usize,
 ) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["helper_free", "--exact", "--ignored", "--nocapture"])
-        .env("HELPER_CGROUP", &cg.0)
-        .env("HELPER_ROUNDS", rounds.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap() > 0 {
-        if line.trim() == "helper-done" {
-            return (child, out);
-        }
-        line.clear();
-    }
-    panic!("the helper ended without saying done: {:?}", child.wait());
+    let (child, mut out) = spawn_helper(
+        "helper_free",
+        &[
+            ("HELPER_CGROUP", cg.0.display().to_string()),
+            ("HELPER_ROUNDS", rounds.to_string()),
+        ],
+    );
+    read_until(&mut out, |l| (l == "helper-done").then_some(()));
+    (child, out)
 }
 
 #[test]
@@ -173,25 +199,8 @@ fn probes_are_gone_when_their_process_stops_or_dies() {
         return;
     }
     for how in ["stop", "sigkill"] {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["helper_hold", "--exact", "--ignored", "--nocapture"])
-            .env("HELPER_HOLD", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let ids = loop {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "the helper said nothing"
-            );
-            if let Some(rest) = line.trim().strip_prefix("ids ") {
-                break rest.to_string();
-            }
-        };
+        let (mut child, mut out) = spawn_helper("helper_hold", &[("HELPER_HOLD", "1".into())]);
+        let ids = read_until(&mut out, |l| l.strip_prefix("ids ").map(str::to_string));
         let parse = |s: &str| -> Vec<u32> { s.split(',').map(|x| x.parse().unwrap()).collect() };
         let (progs, maps) = ids.split_once(' ').unwrap();
         let (progs, maps) = (parse(progs), parse(maps));
@@ -201,13 +210,7 @@ fn probes_are_gone_when_their_process_stops_or_dies() {
         assert!(progs.iter().all(|p| lp.contains(p)) && maps.iter().all(|m| lm.contains(m)));
         if how == "stop" {
             writeln!(child.stdin.as_mut().unwrap(), "stop").unwrap();
-            loop {
-                line.clear();
-                assert!(out.read_line(&mut line).unwrap() > 0);
-                if line.trim() == "helper-stopped" {
-                    break;
-                }
-            }
+            read_until(&mut out, |l| (l == "helper-stopped").then_some(()));
         } else {
             child.kill().unwrap();
             child.wait().unwrap();

@@ -415,12 +415,7 @@ impl ProcessSandbox {
 
     /// Events the probes could not record since they loaded (`None` without probes).
     pub fn probe_losses(&self) -> Option<Result<u64, SandboxError>> {
-        let p = self.host.probes.as_ref()?;
-        Some(
-            p.lock()
-                .map_err(|_| SandboxError::Unavailable("the probes' lock is poisoned".into()))
-                .and_then(|p| p.losses().map_err(probe_error)),
-        )
+        Some(lock_probes(&self.host)?.and_then(|p| p.losses().map_err(probe_error)))
     }
 
     /// Which cgroup serves each function, in words (for logs).
