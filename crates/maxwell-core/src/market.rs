@@ -22,7 +22,7 @@
 //! whenever the balance moves, so a winner can always pay and the clearing never reads a
 //! wallet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -334,8 +334,18 @@ pub struct AgentStats {
 #[derive(Debug, Clone)]
 struct AgentState {
     life: Life,
-    /// Rent accrued and not yet posted.
+    /// Rent accrued through tick `rent_since` and not yet posted. Rent accrues lazily: what
+    /// is owed at tick `t` is `rent_due + rent_rate * (t - rent_since)` ([`Market::due`]), so
+    /// no tick walks every agent to add a quantum's rent.
     rent_due: Tokens,
+    /// Memory rent per tick at its current resident size.
+    rent_rate: u64,
+    /// The tick `rent_due` is accrued through.
+    rent_since: u64,
+    /// Its entry in [`Market::wakes`], while it has one.
+    wake: Option<u64>,
+    /// Its entry in [`Market::retrials`], while it has one.
+    retrial_at: Option<u64>,
     max_bid: Tokens,
     requested: Option<Tokens>,
     resident: Bytes,
@@ -549,7 +559,18 @@ pub struct Market {
     energy_house: MicroJoules,
     last_winners: Vec<AgentId>,
     /// Agents given a retrial turn that has not ended yet.
-    trying: Vec<AgentId>,
+    trying: BTreeSet<AgentId>,
+    /// Alive agents that must be looked at by a given tick even if nothing touches them: their
+    /// rent period ends, their rent reaches what they can pay, or it starts to cap their bid.
+    wakes: BTreeSet<(u64, AgentId)>,
+    /// Alive agents with a standing bid, by the tick they are due a retrial.
+    retrials: BTreeSet<(u64, AgentId)>,
+    /// Agents whose wallet or bid changed since they were last looked at.
+    touched: BTreeSet<AgentId>,
+    /// Dying agents.
+    dying: BTreeSet<AgentId>,
+    /// Dead agents.
+    n_dead: usize,
     /// The pool's income per tick (the house's takings and the grant), an exponential average
     /// over [`RATE_WINDOW_TICKS`], in micro-tokens times [`RATE_ONE`].
     income_rate: u128,
@@ -592,7 +613,12 @@ impl Market {
             last_temperature: MilliCelsius(0),
             energy_house: MicroJoules(0),
             last_winners: Vec::new(),
-            trying: Vec::new(),
+            trying: BTreeSet::new(),
+            wakes: BTreeSet::new(),
+            retrials: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            dying: BTreeSet::new(),
+            n_dead: 0,
             income_rate: 0,
             grant_due: Tokens::ZERO,
             work_rate: 0,
@@ -628,6 +654,10 @@ impl Market {
                     None => Life::Alive,
                 },
                 rent_due: Tokens::ZERO,
+                rent_rate: 0,
+                rent_since: tick,
+                wake: None,
+                retrial_at: None,
                 max_bid,
                 requested: None,
                 resident: Bytes(0),
@@ -649,6 +679,10 @@ impl Market {
                     cause: Cause::Owner,
                 },
                 rent_due: Tokens::ZERO,
+                rent_rate: 0,
+                rent_since: tick,
+                wake: None,
+                retrial_at: None,
                 max_bid: Tokens::ZERO,
                 requested: None,
                 resident: Bytes(0),
@@ -661,9 +695,19 @@ impl Market {
                 stats: AgentStats::default(),
             });
         }
+        m.n_dead = m
+            .agents
+            .iter()
+            .filter(|a| matches!(a.life, Life::Dead { .. }))
+            .count();
         m.bid_seq = m.agents.len() as u64;
         m.books = books;
         m.tick = tick;
+        // Every living agent is looked at in the first tick (one may be insolvent already).
+        m.touched = (0..m.agents.len() as u32)
+            .map(AgentId)
+            .filter(|&id| matches!(m.agents[id.0 as usize].life, Life::Alive))
+            .collect();
         m.check_conservation()
             .map_err(|_| MarketConfigError::Restore)?;
         Ok(m)
@@ -672,7 +716,123 @@ impl Market {
     /// Rent an agent has accrued and not yet posted (see
     /// [`MarketConfig::rent_settle_ticks`]).
     pub fn rent_due(&self, agent: AgentId) -> Option<Tokens> {
-        self.agents.get(agent.0 as usize).map(|a| a.rent_due)
+        self.agents.get(agent.0 as usize).map(|a| self.due(a))
+    }
+
+    /// Agents alive (neither dying nor dead).
+    pub fn n_alive(&self) -> usize {
+        self.agents.len() - self.dying.len() - self.n_dead
+    }
+
+    /// The rent an agent owes now (accrued through the current tick).
+    fn due(&self, a: &AgentState) -> Tokens {
+        if !matches!(a.life, Life::Alive) {
+            return a.rent_due;
+        }
+        let ticks = self.tick.saturating_sub(a.rent_since);
+        Tokens(
+            a.rent_due
+                .0
+                .saturating_add(a.rent_rate.saturating_mul(ticks)),
+        )
+    }
+
+    /// Accrues an agent's rent through tick `through`.
+    fn fold(&mut self, agent: AgentId, through: u64) {
+        let a = &mut self.agents[agent.0 as usize];
+        if through > a.rent_since {
+            let ticks = through - a.rent_since;
+            a.rent_due = Tokens(
+                a.rent_due
+                    .0
+                    .saturating_add(a.rent_rate.saturating_mul(ticks)),
+            );
+            a.rent_since = through;
+        }
+    }
+
+    /// Whether `tick` ends an agent's rent period (periods are staggered by id, so that a
+    /// node with many agents posts a few rents each tick, not all of them at once).
+    fn settles(&self, agent: AgentId, tick: u64) -> bool {
+        let period = u64::from(self.config.rent_settle_ticks.max(1));
+        (tick + u64::from(agent.0)).is_multiple_of(period)
+    }
+
+    /// Sets the tick by which an alive agent must be looked at again even if nothing touches
+    /// it: the end of its rent period (if it owes or accrues anything), the tick its rent
+    /// reaches what it has (or leaves it less than one slot's energy), or the tick its rent
+    /// starts to cap its bid (then every tick: its bid is re-priced as the rent grows).
+    fn schedule(&mut self, agent: AgentId) {
+        let t = self.tick;
+        let idx = agent.0 as usize;
+        if let Some(w) = self.agents[idx].wake.take() {
+            self.wakes.remove(&(w, agent));
+        }
+        let a = &self.agents[idx];
+        if !matches!(a.life, Life::Alive) {
+            return;
+        }
+        let due = self.due(a).0;
+        let rate = a.rent_rate;
+        if rate == 0 && due == 0 {
+            // Nothing accrues: nothing can change without a touch.
+            return;
+        }
+        let period = u64::from(self.config.rent_settle_ticks.max(1));
+        let next = t + 1;
+        let mut wake = next + (period - (next + u64::from(agent.0)) % period) % period;
+        if rate > 0 {
+            let balance = self.balance(agent).unwrap_or(Tokens::ZERO).0;
+            // The first tick at which what is owed exceeds `room` more than it does now.
+            let crossing = |room: u64| -> u64 {
+                match balance.checked_sub(due).and_then(|b| b.checked_sub(room)) {
+                    Some(left) => t + left / rate + 1,
+                    None => next,
+                }
+            };
+            // Rent reaching the whole balance (posted at once then).
+            wake = wake.min(match balance.checked_sub(due) {
+                Some(left) => t + left.div_ceil(rate).max(1),
+                None => next,
+            });
+            if self.config.insolvent_below_reserve {
+                let floor = self
+                    .config
+                    .grid_price
+                    .cost(self.config.slot_power.over(self.config.quantum))
+                    .0;
+                wake = wake.min(crossing(floor));
+            }
+            if let Some(requested) = a.requested {
+                let cap = requested.min(a.max_bid).0;
+                if cap > 0 {
+                    wake = wake.min(crossing(cap));
+                }
+            }
+        }
+        self.agents[idx].wake = Some(wake);
+        self.wakes.insert((wake, agent));
+    }
+
+    /// Files an alive agent with a standing bid for its retrial (`retrial_ticks` after its
+    /// last win); a zero bid can never be tried, so it is not filed.
+    fn schedule_retrial(&mut self, agent: AgentId) {
+        let idx = agent.0 as usize;
+        if let Some(r) = self.agents[idx].retrial_at.take() {
+            self.retrials.remove(&(r, agent));
+        }
+        let a = &self.agents[idx];
+        if self.config.retrial_ticks == 0
+            || !matches!(a.life, Life::Alive)
+            || a.requested.is_none_or(|r| r == Tokens::ZERO)
+        {
+            return;
+        }
+        let at = a
+            .last_won
+            .saturating_add(u64::from(self.config.retrial_ticks));
+        self.agents[idx].retrial_at = Some(at);
+        self.retrials.insert((at, agent));
     }
 
     /// The `n` highest standing bids, best first.
@@ -687,6 +847,10 @@ impl Market {
         self.agents.push(AgentState {
             life: Life::Alive,
             rent_due: Tokens::ZERO,
+            rent_rate: 0,
+            rent_since: self.tick,
+            wake: None,
+            retrial_at: None,
             max_bid: spec.max_bid,
             requested: None,
             resident: Bytes(0),
@@ -699,6 +863,8 @@ impl Market {
             stats: AgentStats::default(),
         });
         debug_assert_eq!(self.agents.len(), self.books.n_agents());
+        // Looked at in its first tick (an unfunded agent is insolvent at once).
+        self.touched.insert(id);
         id
     }
 
@@ -796,6 +962,11 @@ impl Market {
         if let Err(e) = self.books.apply(&t) {
             panic!("market bug: transfer {t:?} failed: {e}");
         }
+        for acc in [t.from, t.to] {
+            if let Account::Agent(a) = acc {
+                self.touched.insert(a);
+            }
+        }
         batch.transfers.push(t);
     }
 
@@ -807,7 +978,7 @@ impl Market {
         let balance = self.balance(agent)?;
         let capped = requested
             .min(a.max_bid)
-            .min(Tokens(balance.0.saturating_sub(a.rent_due.0)));
+            .min(Tokens(balance.0.saturating_sub(self.due(a).0)));
         let tick = self.config.bid_tick.0.max(1);
         Some(Tokens(capped.0 - capped.0 % tick))
     }
@@ -955,6 +1126,7 @@ impl Market {
 
     /// Posts the rent an agent owes (up to what it has; the rest is forgiven, as it is dying).
     fn settle_rent(&mut self, batch: &mut LedgerBatch, agent: AgentId) {
+        self.fold(agent, self.tick);
         let due = std::mem::take(&mut self.agents[agent.0 as usize].rent_due);
         if due > Tokens::ZERO {
             self.take(batch, agent, due, TransferKind::Rent);
@@ -1086,12 +1258,16 @@ impl Market {
 
     fn begin_dying(&mut self, agent: AgentId, cause: Cause) {
         self.book.cancel(agent);
+        self.fold(agent, self.tick);
         let a = &mut self.agents[agent.0 as usize];
         a.requested = None;
         a.life = Life::Dying {
             since_tick: self.tick,
             cause,
         };
+        self.dying.insert(agent);
+        self.schedule(agent);
+        self.schedule_retrial(agent);
     }
 
     fn apply_command(
@@ -1116,6 +1292,7 @@ impl Market {
                 batch.transfers.push(t);
                 let s = &mut self.agents[agent.0 as usize].stats;
                 s.funded = s.funded.saturating_add(*amount);
+                self.touched.insert(*agent);
                 self.rekey(*agent);
             }
             Command::FundBountyPool { amount } => {
@@ -1148,11 +1325,15 @@ impl Market {
                     placed_at: self.agents[agent.0 as usize].served,
                 });
                 debug_assert!(placed.is_ok(), "bid_seq never reaches u64::MAX");
+                self.touched.insert(*agent);
+                self.schedule_retrial(*agent);
             }
             Command::CancelBid { agent } => {
                 self.alive(*agent)?;
                 self.agents[agent.0 as usize].requested = None;
                 self.book.cancel(*agent);
+                self.touched.insert(*agent);
+                self.schedule_retrial(*agent);
             }
             Command::Kill { agent, cause } => {
                 if matches!(cause, Cause::Insolvent { .. }) {
@@ -1240,8 +1421,15 @@ impl Market {
             if !matches!(a.life, Life::Alive) {
                 continue;
             }
-            a.resident = u.resident;
             a.stats.erased = Bytes(a.stats.erased.0.saturating_add(u.erased.0));
+            if a.resident != u.resident {
+                // Rent through the last tick at the old size; this tick's at the new one.
+                self.fold(u.agent, self.tick.saturating_sub(1));
+                let a = &mut self.agents[u.agent.0 as usize];
+                a.resident = u.resident;
+                a.rent_rate = memory_rent(u.resident, self.config.rent_per_gib, quantum, grid).0;
+                self.touched.insert(u.agent);
+            }
             let tax = landauer_tax(
                 u.erased,
                 input.temperature,
@@ -1259,33 +1447,47 @@ impl Market {
 
         // 3b. Rent from every living agent, frozen or not: memory rent, plus (with
         // `idle_rent`) its share of the machine's static draw this tick, split by resident
-        // memory. One transfer per agent; the house keeps only what nobody could be billed for.
-        let living: Vec<(AgentId, u64)> = self
-            .agents
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| matches!(a.life, Life::Alive))
-            .map(|(i, a)| (AgentId(i as u32), a.resident.0))
-            .collect();
-        let idle_shares = if self.config.idle_rent {
-            split(input.energy_idle.0.min(input.energy.0), &living)
-        } else {
-            living.iter().map(|(a, _)| (*a, 0)).collect()
-        };
-        let period = u64::from(self.config.rent_settle_ticks.max(1));
-        for ((agent, resident), (_, idle)) in living.iter().zip(&idle_shares) {
-            let rent = memory_rent(Bytes(*resident), self.config.rent_per_gib, quantum, grid);
-            let rent = rent.0.saturating_add(grid.cost(MicroJoules(*idle)).0);
-            let a = &mut self.agents[agent.0 as usize];
-            a.rent_due = Tokens(a.rent_due.0.saturating_add(rent));
-            let due = a.rent_due;
-            let balance = self.balance(*agent).unwrap_or(Tokens::ZERO);
-            if due >= balance || self.tick.is_multiple_of(period) {
+        // memory. Memory rent accrues lazily (`Market::due`); an agent is looked at only when
+        // something touched its wallet or bid, or its wake-up tick came (its rent period ended,
+        // or its rent reached what it can pay or started to cap its bid). With `idle_rent`
+        // every living agent's share changes every tick, so all are looked at: O(agents).
+        let mut looked: BTreeSet<AgentId> = std::mem::take(&mut self.touched);
+        while let Some(&(at, id)) = self.wakes.first() {
+            if at > self.tick {
+                break;
+            }
+            self.wakes.pop_first();
+            self.agents[id.0 as usize].wake = None;
+            looked.insert(id);
+        }
+        if self.config.idle_rent {
+            let living: Vec<(AgentId, u64)> = self
+                .agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a.life, Life::Alive))
+                .map(|(i, a)| (AgentId(i as u32), a.resident.0))
+                .collect();
+            let idle_shares = split(input.energy_idle.0.min(input.energy.0), &living);
+            for (agent, idle) in idle_shares {
+                let a = &mut self.agents[agent.0 as usize];
+                a.rent_due = Tokens(a.rent_due.0.saturating_add(grid.cost(MicroJoules(idle)).0));
+                looked.insert(agent);
+            }
+        }
+        for &agent in &looked {
+            if !matches!(self.agents[agent.0 as usize].life, Life::Alive) {
+                continue;
+            }
+            self.fold(agent, self.tick);
+            let due = self.agents[agent.0 as usize].rent_due;
+            let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
+            if due > Tokens::ZERO && (due >= balance || self.settles(agent, self.tick)) {
                 self.agents[agent.0 as usize].rent_due = Tokens::ZERO;
-                self.charge(&mut batch, &mut dying, *agent, due, TransferKind::Rent);
-            } else if rent > 0 {
+                self.charge(&mut batch, &mut dying, agent, due, TransferKind::Rent);
+            } else {
                 // The bid is capped by what is not owed.
-                self.rekey(*agent);
+                self.rekey(agent);
             }
         }
 
@@ -1384,16 +1586,18 @@ impl Market {
 
         // 3e. An agent that can no longer afford one quantum at the lowest reserve can never
         // run again: it is insolvent now, not when rent has eaten its residue.
+        // Only agents looked at or touched this tick can have crossed the line: any other's
+        // wallet is as it was, and its rent's crossing is one of its wake-up ticks.
+        looked.append(&mut std::mem::take(&mut self.touched));
         if self.config.insolvent_below_reserve {
             let floor = grid.cost(self.config.slot_power.over(quantum));
-            for i in 0..self.agents.len() {
-                let agent = AgentId(i as u32);
-                let a = &self.agents[i];
+            for &agent in &looked {
+                let a = &self.agents[agent.0 as usize];
                 if !matches!(a.life, Life::Alive) {
                     continue;
                 }
                 let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
-                let free = Tokens(balance.0.saturating_sub(a.rent_due.0));
+                let free = Tokens(balance.0.saturating_sub(self.due(a).0));
                 if free < floor {
                     self.settle_rent(&mut batch, agent);
                     let cause = Cause::Insolvent {
@@ -1407,12 +1611,21 @@ impl Market {
             }
         }
 
+        for &agent in &looked {
+            self.schedule(agent);
+        }
+
         // 4. Apoptosis: dying agents whose grace is over die now.
         let mut deaths = Vec::new();
-        for (idx, a) in self.agents.iter_mut().enumerate() {
+        let dying_now: Vec<AgentId> = self.dying.iter().copied().collect();
+        for id in dying_now {
+            let idx = id.0 as usize;
+            let a = &mut self.agents[idx];
             if let Life::Dying { since_tick, cause } = &a.life
                 && self.tick >= since_tick.saturating_add(u64::from(self.config.grace_ticks))
             {
+                self.dying.remove(&id);
+                self.n_dead += 1;
                 let cause = cause.clone();
                 batch.deaths.push(Death {
                     agent: AgentId(idx as u32),
@@ -1429,25 +1642,24 @@ impl Market {
 
         // 4b. Retrials: an alive agent frozen out for `retrial_ticks` gets a trial turn.
         if self.config.retrial_ticks > 0 {
-            let (tick, span) = (self.tick, u64::from(self.config.retrial_ticks));
             let turn = u64::from(self.config.turn_quanta.max(1));
-            for (i, a) in self.agents.iter_mut().enumerate() {
-                if matches!(a.life, Life::Alive)
-                    && a.requested.is_some()
-                    && tick.saturating_sub(a.last_won) >= span
-                {
-                    // An agent frozen in the middle of its first trial (its bid fell below the
-                    // reserve before the trial was over) finishes that trial; any other gets
-                    // a new turn.
-                    if a.stats.quanta_won >= a.trial_until {
-                        a.trial_until = a.stats.quanta_won + turn;
-                    }
-                    a.last_won = tick;
-                    let id = AgentId(i as u32);
-                    if !self.trying.contains(&id) {
-                        self.trying.push(id);
-                    }
+            while let Some(&(at, id)) = self.retrials.first() {
+                if at > self.tick {
+                    break;
                 }
+                self.retrials.pop_first();
+                let tick = self.tick;
+                let a = &mut self.agents[id.0 as usize];
+                a.retrial_at = None;
+                // An agent frozen in the middle of its first trial (its bid fell below the
+                // reserve before the trial was over) finishes that trial; any other gets a
+                // new turn.
+                if a.stats.quanta_won >= a.trial_until {
+                    a.trial_until = a.stats.quanta_won + turn;
+                }
+                a.last_won = tick;
+                self.trying.insert(id);
+                self.schedule_retrial(id);
             }
             let agents = &self.agents;
             self.trying.retain(|id| {
@@ -1489,6 +1701,10 @@ impl Market {
             let a = &mut self.agents[w.0 as usize];
             a.stats.quanta_won += 1;
             a.last_won = tick;
+            if a.retrial_at != Some(tick + u64::from(self.config.retrial_ticks)) {
+                self.schedule_retrial(w);
+            }
+            let a = &mut self.agents[w.0 as usize];
             a.stats.spent.slots = a.stats.spent.slots.saturating_add(price);
             // A turn over: behind every equal bidder for the next clearing.
             a.streak += 1;
@@ -1540,6 +1756,7 @@ impl Market {
         }
         self.income_rate = ewma(self.income_rate, income);
         self.work_rate = ewma(self.work_rate, claimed_units);
+        let period = u64::from(self.config.rent_settle_ticks.max(1));
         if self.tick.is_multiple_of(period) {
             let due = std::mem::take(&mut self.grant_due);
             if due > Tokens::ZERO {

@@ -24,7 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -113,6 +113,14 @@ struct Slot {
     quanta_drained: u64,
     /// Log lines it may still send in this period of [`LOG_PERIOD_TICKS`].
     log_budget: u32,
+    /// The period `log_budget` belongs to (budgets are renewed when a line arrives in a new
+    /// period, not by a sweep over every agent).
+    log_period: u64,
+    /// Whether its backend needs it polled while frozen (a process can be killed from
+    /// outside); a frozen WASM agent cannot change, so it is never visited.
+    poll_frozen: bool,
+    /// Its entry in `Node::polls`, while it has one.
+    poll_due: Option<u64>,
     /// Log lines dropped: over its budget, or by its mailbox's bound.
     logs_dropped: u64,
 }
@@ -126,6 +134,14 @@ pub const LOG_PERIOD_TICKS: u64 = 100;
 /// How often a frozen agent's usage and status are read anyway (exits while frozen, such as a
 /// process killed from outside, are noticed within this many ticks).
 pub const FROZEN_POLL: u64 = 10;
+
+/// The first tick after `tick` at which a frozen agent is polled: every [`FROZEN_POLL`] ticks,
+/// staggered by id so that the polls of many agents spread over the ticks.
+fn next_poll(tick: u64, id: AgentId) -> u64 {
+    let phase = u64::from(id.0) % FROZEN_POLL;
+    let next = tick + 1;
+    next + (phase + FROZEN_POLL - next % FROZEN_POLL) % FROZEN_POLL
+}
 
 /// A death, as the node reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -179,6 +195,9 @@ pub struct TickReport {
     pub claims: Vec<(AgentId, PrimeClaim)>,
     /// Log lines agents sent, within their budget (each cut to 512 bytes by the sandbox).
     pub logs: Vec<(AgentId, String)>,
+    /// Agents whose state, wallet or usage may have changed this tick (visited, won, lost,
+    /// dying, dead, or named in a transfer), in id order: what a listing must refresh.
+    pub changed: Vec<AgentId>,
 }
 
 /// The tick loop's state.
@@ -188,6 +207,15 @@ pub struct Node {
     sandbox: Box<dyn Sandbox>,
     ledger: Option<Ledger>,
     slots: BTreeMap<AgentId, Slot>,
+    /// Agents visited every tick: running, or frozen for less than two ticks (their last
+    /// words are still drained), or new (their first usage is still to be read).
+    active: BTreeSet<AgentId>,
+    /// Frozen agents whose backend wants them polled, by the tick they are next due.
+    polls: BTreeSet<(u64, AgentId)>,
+    /// Running agents.
+    running: BTreeSet<AgentId>,
+    /// Names, for unique names without a scan.
+    names: HashMap<String, AgentId>,
     commands: Vec<Command>,
     pending: BTreeMap<ClaimId, PrimeClaim>,
     auditor: audit::Auditor,
@@ -212,6 +240,10 @@ impl Node {
             sandbox,
             ledger,
             slots: BTreeMap::new(),
+            active: BTreeSet::new(),
+            polls: BTreeSet::new(),
+            running: BTreeSet::new(),
+            names: HashMap::new(),
             commands: Vec::new(),
             pending: BTreeMap::new(),
             auditor: audit::Auditor::start()
@@ -233,7 +265,7 @@ impl Node {
         max_bid: Tokens,
         opening_bid: Tokens,
     ) -> Result<AgentId, NodeError> {
-        if self.slots.values().any(|s| s.name == spec.name) {
+        if self.names.contains_key(&spec.name) {
             return Err(NodeError::DuplicateName(spec.name.clone()));
         }
         let agent = self.sandbox.spawn(spec)?;
@@ -250,7 +282,7 @@ impl Node {
         opening_bid: Tokens,
     ) -> Result<AgentId, NodeError> {
         let name = agent.name().to_owned();
-        if self.slots.values().any(|s| s.name == name) {
+        if self.names.contains_key(&name) {
             agent.kill("refused: duplicate name");
             return Err(NodeError::DuplicateName(name));
         }
@@ -265,20 +297,7 @@ impl Node {
             agent: id,
             price: opening_bid,
         });
-        self.slots.insert(
-            id,
-            Slot {
-                name,
-                agent,
-                running: false,
-                killed: false,
-                exit_reported: false,
-                frozen_for: 0,
-                quanta_drained: 0,
-                log_budget: LOG_LINES_PER_PERIOD,
-                logs_dropped: 0,
-            },
-        );
+        self.insert_slot(id, name, agent);
         Ok(id)
     }
 
@@ -344,22 +363,33 @@ impl Node {
                 agent: id,
                 price: *opening,
             });
-            node.slots.insert(
-                id,
-                Slot {
-                    name: spec.name.clone(),
-                    agent,
-                    running: false,
-                    killed: false,
-                    exit_reported: false,
-                    frozen_for: 0,
-                    quanta_drained: 0,
-                    log_budget: LOG_LINES_PER_PERIOD,
-                    logs_dropped: 0,
-                },
-            );
+            node.insert_slot(id, spec.name.clone(), agent);
         }
         Ok(node)
+    }
+
+    /// A new agent's slot: visited from the next tick (its first usage is read then).
+    fn insert_slot(&mut self, id: AgentId, name: String, agent: Box<dyn Agent>) {
+        self.names.insert(name.clone(), id);
+        self.active.insert(id);
+        let poll_frozen = agent.poll_while_frozen();
+        self.slots.insert(
+            id,
+            Slot {
+                name,
+                agent,
+                running: false,
+                killed: false,
+                exit_reported: false,
+                frozen_for: 0,
+                quanta_drained: 0,
+                log_budget: LOG_LINES_PER_PERIOD,
+                log_period: 0,
+                poll_frozen,
+                poll_due: None,
+                logs_dropped: 0,
+            },
+        );
     }
 
     /// Mints `amount` into an agent's wallet at the next tick (the caller checked the owner's
@@ -453,16 +483,31 @@ impl Node {
         let mut sandbox_errors = Vec::new();
         let mut logs = Vec::new();
         let tick_no = self.market.tick_count() + 1;
-        let new_log_period = tick_no.is_multiple_of(LOG_PERIOD_TICKS);
-        for (&id, slot) in &mut self.slots {
+        let log_period = tick_no / LOG_PERIOD_TICKS;
+        // Only agents that can have changed are visited: the active ones and the frozen ones
+        // whose poll is due. A frozen WASM agent is not visited at all.
+        let mut visit: BTreeSet<AgentId> = self.active.clone();
+        while let Some(&(due, id)) = self.polls.first() {
+            if due > tick_no {
+                break;
+            }
+            self.polls.pop_first();
+            visit.insert(id);
+        }
+        let mut polled = Vec::new();
+        for &id in &visit {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
             if slot.killed {
                 continue;
             }
-            if new_log_period {
-                slot.log_budget = LOG_LINES_PER_PERIOD;
+            if !self.active.contains(&id) {
+                polled.push(id);
             }
-            if slot.frozen_for >= 2 && !(tick_no + u64::from(id.0)).is_multiple_of(FROZEN_POLL) {
-                continue;
+            if slot.log_period != log_period {
+                slot.log_period = log_period;
+                slot.log_budget = LOG_LINES_PER_PERIOD;
             }
             // A failed read reports nothing: the market keeps charging rent on the memory it
             // last knew, rather than on zero.
@@ -585,6 +630,11 @@ impl Node {
                 slot.agent.kill(&cause);
                 slot.killed = true;
                 slot.running = false;
+                self.running.remove(&id);
+                self.active.remove(&id);
+                if let Some(due) = slot.poll_due.take() {
+                    self.polls.remove(&(due, id));
+                }
                 self.work.release(id.0);
                 deaths.push(DeathReport {
                     agent: id,
@@ -595,73 +645,126 @@ impl Node {
             }
         }
         let price = outcome.clearing.price;
+        let winners: BTreeSet<AgentId> = outcome.clearing.winners.iter().copied().collect();
         // Losers are frozen before winners are resumed: a loser parks on a CPU a winner does
         // not yet compete for (agents yield to the tick thread, so a winner woken first could
         // keep a parking loser, and the tick waiting for it, off the CPU for a whole slice).
-        for freezing in [true, false] {
-            for (&id, slot) in &mut self.slots {
-                if slot.killed {
-                    continue;
-                }
-                let win = outcome.clearing.winners.contains(&id);
-                if win == freezing {
-                    continue;
-                }
-                if win {
-                    // Told its balance, the price and its record before it runs, and handed work;
-                    // a frozen agent reads nothing.
-                    slot.agent
-                        .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
-                    // Income so far covers the quanta it had run when its words were last drained
-                    // (a frozen agent is drained only every few ticks): told those, the ratio is the
-                    // value of a won quantum as the agent really gets it, not biased low by claims
-                    // still in its mailbox. (Valuing CPU time instead overbid: a won quantum is less
-                    // than a whole CPU on a busy machine, and equals paid more than they earned.)
-                    if let Some(s) = self.market.stats(id) {
-                        let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
-                        slot.agent
-                            .mailbox()
-                            .inform_income(Tokens(income), slot.quanta_drained);
-                    }
-                    let mailbox = slot.agent.mailbox();
-                    let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());
-                    let work = &mut self.work;
-                    mailbox.give_work((0..want).map(|_| work.lease(id.0)));
-                    if !slot.running {
-                        match slot.agent.resume() {
-                            Ok(()) => slot.running = true,
-                            // It paid for a quantum it cannot have: end it, and say so.
-                            Err(e) => {
-                                sandbox_errors.push((id, format!("resume: {e}")));
-                                self.commands.push(Command::Kill {
-                                    agent: id,
-                                    cause: Cause::Limit {
-                                        what: format!("resume failed: {e}"),
-                                    },
-                                });
-                            }
-                        }
-                    }
-                    slot.frozen_for = 0;
-                } else {
-                    if slot.running {
-                        slot.running = false;
-                        if let Err(e) = slot.agent.pause() {
-                            // It may still be running, unpaid: end it.
-                            sandbox_errors.push((id, format!("pause: {e}")));
-                            self.commands.push(Command::Kill {
-                                agent: id,
-                                cause: Cause::Limit {
-                                    what: format!("pause failed: {e}"),
-                                },
-                            });
-                        }
-                    }
-                    slot.frozen_for += 1;
+        let losers: Vec<AgentId> = self.running.difference(&winners).copied().collect();
+        for id in losers {
+            self.running.remove(&id);
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.killed || !slot.running {
+                continue;
+            }
+            slot.running = false;
+            if let Err(e) = slot.agent.pause() {
+                // It may still be running, unpaid: end it.
+                sandbox_errors.push((id, format!("pause: {e}")));
+                self.commands.push(Command::Kill {
+                    agent: id,
+                    cause: Cause::Limit {
+                        what: format!("pause failed: {e}"),
+                    },
+                });
+            }
+        }
+        // Frozen agents age; after two frozen ticks they have nothing left to say and leave
+        // the active set (polled from then on only if their backend needs it).
+        let frozen: Vec<AgentId> = self.active.difference(&winners).copied().collect();
+        for id in frozen {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                self.active.remove(&id);
+                continue;
+            };
+            if slot.killed {
+                self.active.remove(&id);
+                continue;
+            }
+            slot.frozen_for += 1;
+            if slot.frozen_for >= 2 {
+                self.active.remove(&id);
+                if slot.poll_frozen {
+                    let due = next_poll(tick_no, id);
+                    slot.poll_due = Some(due);
+                    self.polls.insert((due, id));
                 }
             }
         }
+        for id in polled {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.poll_due = None;
+                if !slot.killed && !winners.contains(&id) {
+                    let due = next_poll(tick_no, id);
+                    slot.poll_due = Some(due);
+                    self.polls.insert((due, id));
+                }
+            }
+        }
+        for &id in &outcome.clearing.winners {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.killed {
+                continue;
+            }
+            // Told its balance, the price and its record before it runs, and handed work;
+            // a frozen agent reads nothing.
+            slot.agent
+                .inform(self.market.balance(id).unwrap_or(Tokens::ZERO), price);
+            // Income so far covers the quanta it had run when its words were last drained
+            // (a frozen agent is drained only every few ticks): told those, the ratio is the
+            // value of a won quantum as the agent really gets it, not biased low by claims
+            // still in its mailbox. (Valuing CPU time instead overbid: a won quantum is less
+            // than a whole CPU on a busy machine, and equals paid more than they earned.)
+            if let Some(s) = self.market.stats(id) {
+                let income = s.bounties.0.saturating_sub(s.spent.landauer.0);
+                slot.agent
+                    .mailbox()
+                    .inform_income(Tokens(income), slot.quanta_drained);
+            }
+            let mailbox = slot.agent.mailbox();
+            let want = LEASE_AHEAD.saturating_sub(mailbox.work_queued());
+            let work = &mut self.work;
+            mailbox.give_work((0..want).map(|_| work.lease(id.0)));
+            if !slot.running {
+                match slot.agent.resume() {
+                    Ok(()) => {
+                        slot.running = true;
+                        self.running.insert(id);
+                    }
+                    // It paid for a quantum it cannot have: end it, and say so.
+                    Err(e) => {
+                        sandbox_errors.push((id, format!("resume: {e}")));
+                        self.commands.push(Command::Kill {
+                            agent: id,
+                            cause: Cause::Limit {
+                                what: format!("resume failed: {e}"),
+                            },
+                        });
+                    }
+                }
+            }
+            slot.frozen_for = 0;
+            self.active.insert(id);
+            if let Some(due) = slot.poll_due.take() {
+                self.polls.remove(&(due, id));
+            }
+        }
 
+        // What a listing of agents may show differently after this tick.
+        let mut changed: BTreeSet<AgentId> = visit;
+        changed.extend(winners.iter().copied());
+        changed.extend(deaths.iter().map(|d| d.agent));
+        changed.extend(outcome.dying.iter().map(|(a, _)| *a));
+        for t in &outcome.batch.transfers {
+            for acc in [t.from, t.to] {
+                if let maxwell_core::Account::Agent(a) = acc {
+                    changed.insert(a);
+                }
+            }
+        }
         self.deaths.extend(deaths.iter().cloned());
         Ok(TickReport {
             tick: outcome.tick,
@@ -684,6 +787,7 @@ impl Node {
                 .collect(),
             claims: accepted,
             logs,
+            changed: changed.into_iter().collect(),
         })
     }
 
@@ -692,8 +796,10 @@ impl Node {
     /// them).
     pub fn freeze_all(&mut self) -> Vec<(String, SandboxError)> {
         let mut failed = Vec::new();
-        for slot in self.slots.values_mut() {
-            if slot.running {
+        for id in std::mem::take(&mut self.running) {
+            if let Some(slot) = self.slots.get_mut(&id)
+                && slot.running
+            {
                 if let Err(e) = slot.agent.pause() {
                     failed.push((slot.name.clone(), e));
                 }

@@ -270,6 +270,13 @@ pub trait Agent: Send {
     fn syscalls(&mut self) -> Option<Result<CallCounts, SandboxError>> {
         None
     }
+    /// Whether the host must poll the agent while it is frozen: true where something outside
+    /// the host can end it (a process can be killed by another), false where a frozen agent
+    /// cannot change at all (a parked WASM future: no CPU, no words, no exit), which the tick
+    /// loop then never visits until it runs again.
+    fn poll_while_frozen(&self) -> bool {
+        true
+    }
 }
 
 /// Refuses a syscall deny list where the backend cannot enforce one.
