@@ -802,6 +802,12 @@ impl Agent for WasmAgent {
         &self.mailbox
     }
 
+    /// A paused agent's future is not polled: it uses no CPU, posts nothing and cannot end,
+    /// so the tick loop need not visit it until it runs again.
+    fn poll_while_frozen(&self) -> bool {
+        false
+    }
+
     fn status(&mut self) -> Status {
         let g = self.shared.lock();
         match (g.0, &g.1) {
