@@ -176,7 +176,8 @@ enum BenchCommand {
     Work(sandbox_bench::WorkBenchArgs),
     /// Durable ledger throughput: transfers per second committed in tick transactions.
     Ledger(ledger::LedgerBenchArgs),
-    /// The daemon's CPU, tick lateness and memory with 100 idle WASM agents.
+    /// The daemon's CPU, tick lateness, spawn rate and memory per agent, one fresh daemon per
+    /// size (`--agents 100,1000,10000`; `--running R` of them scientists that run).
     Daemon(daemon_bench::DaemonBenchArgs),
     /// MicroVM spawn: boot time of guests (and kill time), p50/p99.
     Spawn(microvm_cli::SpawnBenchArgs),

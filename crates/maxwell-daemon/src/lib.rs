@@ -17,6 +17,7 @@ pub mod conn;
 pub mod engine;
 pub mod files;
 mod metrics;
+pub mod roster;
 pub mod sign;
 
 use std::path::{Path, PathBuf};
@@ -41,12 +42,12 @@ use maxwell_sandbox::Sandbox;
 
 use crate::api::{ErrorBody, FundRequest, NodeInfo, SpawnRequest};
 use crate::config::{Backend, Config};
-use crate::engine::{ApiError, Engine, Op, Shared};
+use crate::engine::{ApiError, Engine, Op, Shared, Verified};
 
 /// Where the daemon keeps its state and listens.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Data directory (ledger.db, node.key, agents.json, maxwell.sock).
+    /// Data directory (ledger.db, node.key, agents.json and agents.journal, maxwell.sock).
     pub data_dir: PathBuf,
     /// The configuration.
     pub config: Config,
@@ -67,6 +68,10 @@ struct App {
     ops: Arc<Mutex<Sender<Op>>>,
     shared: Arc<Shared>,
     info: Arc<NodeInfo>,
+    /// Spawns compiling at once: one core fewer than the machine has (at least one), so that
+    /// a burst of spawns leaves a core to the tick thread instead of crowding every core with
+    /// runnable threads.
+    compiling: Arc<tokio::sync::Semaphore>,
 }
 
 impl IntoResponse for ApiError {
@@ -109,8 +114,9 @@ async fn spawn_agent(
     req: Result<Json<SpawnRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<api::AgentView>), ApiError> {
     let req = body(req)?;
-    // Reading a module (bounded, regular files only) and compiling it take a while: never on
-    // the API's workers, never on the tick thread.
+    // Checking the signature of the opening funds, reading a module (bounded, regular files
+    // only) and compiling it take a while: never on the API's workers, never on the tick
+    // thread, and at the agents' priority, so that a burst of spawns cannot make ticks late.
     let sandbox = app.sandbox.clone();
     let (name, program) = (req.name.clone(), req.program.clone());
     let memory_max = req
@@ -119,7 +125,19 @@ async fn spawn_agent(
     let pids_max = app.config.agents.pids_max;
     let backend = app.config.backend;
     let deny = engine::deny_of(&req.deny_syscalls)?;
-    let agent = tokio::task::spawn_blocking(move || {
+    let node_key = app.shared.node_key.clone();
+    let permit = app
+        .compiling
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(503, "the daemon is stopping"))?;
+    let (req, agent) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        if let Err(e) = maxwell_sandbox::yield_to_the_tick_thread(maxwell_sandbox::AGENT_NICE) {
+            tracing::debug!(error = %e, "cannot lower a spawning thread's priority");
+        }
+        let req = Verified::spawn(req, &node_key)?;
         let spec = engine::spec_of(
             &name,
             &program,
@@ -128,9 +146,10 @@ async fn spawn_agent(
             deny,
             native_builtins(backend).as_deref(),
         )?;
-        sandbox
+        let agent = sandbox
             .spawn(&spec)
-            .map_err(|e| ApiError::new(422, format!("cannot start {name}: {e}")))
+            .map_err(|e| ApiError::new(422, format!("cannot start {name}: {e}")))?;
+        Ok::<_, ApiError>((req, agent))
     })
     .await
     .map_err(|e| ApiError::new(500, format!("spawning: {e}")))??;
@@ -160,6 +179,8 @@ async fn fund(
             ),
         )
     })?;
+    // The signature (the costly part) is checked here, not on the tick thread.
+    let req = Verified::funding(req, &app.shared.node_key, &name)?;
     Ok(Json(app.ask(|tx| Op::Fund(name, req, tx)).await?))
 }
 
@@ -217,14 +238,12 @@ async fn agent(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<api::AgentView>, ApiError> {
-    app.shared
-        .agents
-        .lock()
-        .map_err(|_| ApiError::new(500, "the agents' lock is poisoned"))?
+    // A scan of the published list on the API's thread (microseconds for 10,000 agents); the
+    // lock is held only to clone the list's pointer.
+    published(&app)
         .iter()
-        .find(|a| a.name == name)
-        .cloned()
-        .map(Json)
+        .find(|a| *a.name == *name)
+        .map(|a| Json(a.view(&app.info.backend)))
         .ok_or_else(|| {
             ApiError::new(
                 404,
@@ -233,14 +252,32 @@ async fn agent(
         })
 }
 
-async fn agents(State(app): State<App>) -> Json<Vec<api::AgentView>> {
-    Json(
-        app.shared
-            .agents
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_default(),
-    )
+/// The published agent list (its pointer, cloned under the lock).
+fn published(app: &App) -> engine::AgentList {
+    app.shared
+        .agents
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The published list, serialized as `[AgentView]` one view at a time.
+struct Views<'a>(&'a [Arc<engine::Listed>], &'a str);
+
+impl serde::Serialize for Views<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for l in self.0 {
+            seq.serialize_element(&l.view(self.1))?;
+        }
+        seq.end()
+    }
+}
+
+async fn agents(State(app): State<App>) -> Response {
+    let list = published(&app);
+    Json(Views(&list, &app.info.backend)).into_response()
 }
 
 async fn market(State(app): State<App>) -> Json<api::MarketView> {
@@ -296,12 +333,7 @@ async fn prometheus(State(app): State<App>) -> Response {
         .lock()
         .map(|g| g.clone())
         .unwrap_or_default();
-    let a = app
-        .shared
-        .agents
-        .lock()
-        .map(|g| g.clone())
-        .unwrap_or_default();
+    let a = published(&app);
     let st = app
         .shared
         .stats
@@ -316,7 +348,18 @@ async fn prometheus(State(app): State<App>) -> Response {
                 .into_response();
         }
     };
-    match metrics::render(&m, &a, &st, losses) {
+    // Rendered at scrape time over the published list: O(agents) on a blocking thread at the
+    // agents' priority, nothing on the tick thread.
+    let rendered = tokio::task::spawn_blocking(move || {
+        if let Err(e) = maxwell_sandbox::yield_to_the_tick_thread(maxwell_sandbox::AGENT_NICE) {
+            tracing::debug!(error = %e, "cannot lower a rendering thread's priority");
+        }
+        metrics::render(&m, &a, &st, losses).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match rendered {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -497,7 +540,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let ledger = Ledger::open(&data.join("ledger.db"), &data.join("node.key"))?;
     let node_key = sign::hex(ledger.public_key().as_bytes());
     let fresh = ledger.last_tick().is_none();
-    let roster = engine::load_roster(&data)?;
+    // The roster's journal is folded into agents.json here (a torn last line dropped).
+    let (roster, journal) = roster::open(&data)?;
     let physics = Physics::open(std::path::Path::new("/"), ModelParams::default());
     let source = physics.energy_source().clone();
     let mut market_config = maxwell_node::tuned_for(config.market_config(), &physics);
@@ -568,10 +612,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (events, _) = broadcast::channel(4096);
     let shared = Arc::new(Shared {
         market: Mutex::new(Default::default()),
-        agents: Mutex::new(Vec::new()),
+        agents: Mutex::new(Default::default()),
         stats: Mutex::new(Default::default()),
         events,
         stop: AtomicBool::new(false),
+        stopped: tokio::sync::Notify::new(),
         node_key: node_key.clone(),
     });
     let (tx, rx) = std::sync::mpsc::channel();
@@ -585,6 +630,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let engine = Engine::new(
         node,
         roster,
+        journal,
         data.clone(),
         config.clone(),
         backend,
@@ -598,7 +644,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             if let Err(e) = &r {
                 tracing::error!(error = %e, "the tick loop failed; stopping");
             }
-            on_exit.stop.store(true, Ordering::Release);
+            on_exit.request_stop();
             r
         })?;
 
@@ -608,6 +654,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ops: Arc::new(Mutex::new(tx)),
         shared: shared.clone(),
         info: Arc::new(info),
+        compiling: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .saturating_sub(1)
+                .max(1),
+        )),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -661,7 +713,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     });
-    shared.stop.store(true, Ordering::Release);
+    shared.request_stop();
     let ticked = ticker
         .join()
         .map_err(|_| anyhow::anyhow!("the tick loop panicked"))?;
@@ -671,9 +723,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     ticked
 }
 
+/// Until the daemon is asked to stop (woken by [`Shared::request_stop`], never polling).
 async fn wait_stop(shared: Arc<Shared>) {
-    while !shared.stop.load(Ordering::Acquire) {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    loop {
+        let woken = shared.stopped.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read: a stop in between still wakes it.
+        woken.as_mut().enable();
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        woken.await;
     }
 }
 
@@ -692,5 +752,5 @@ async fn shutdown_signal(shared: Arc<Shared>) {
         _ = int.recv() => tracing::info!("SIGINT: freezing agents and stopping"),
         _ = wait_stop(shared.clone()) => {}
     }
-    shared.stop.store(true, Ordering::Release);
+    shared.request_stop();
 }

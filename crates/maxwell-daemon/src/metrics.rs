@@ -6,7 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::{AgentView, MarketView, Stats};
+use crate::api::{MarketView, Stats};
+use crate::engine::Listed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLabel {
@@ -36,7 +37,7 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: f64) {
 /// Renders the market, the agents and the tick loop's health.
 pub fn render(
     m: &MarketView,
-    agents: &[AgentView],
+    agents: &[std::sync::Arc<Listed>],
     stats: &Stats,
     probe_losses: Option<u64>,
 ) -> Result<String, std::fmt::Error> {
@@ -135,16 +136,16 @@ pub fn render(
     let state = Family::<StateLabel, F>::default();
     for a in agents {
         let l = AgentLabel {
-            agent: a.name.clone(),
+            agent: a.name.to_string(),
         };
         balance.get_or_create(&l).set(a.balance.0 as f64 / 1e6);
         work.get_or_create(&l).set(a.work as f64);
-        energy.get_or_create(&l).set(a.energy_j);
-        cpu.get_or_create(&l).set(a.cpu_s);
+        energy.get_or_create(&l).set(a.energy_uj as f64 / 1e6);
+        cpu.get_or_create(&l).set(a.cpu_ns as f64 / 1e9);
         for s in ["running", "frozen", "dying", "dead"] {
             state
                 .get_or_create(&StateLabel {
-                    agent: a.name.clone(),
+                    agent: a.name.to_string(),
                     state: s.into(),
                 })
                 .set(if a.state == s { 1.0 } else { 0.0 });
@@ -168,7 +169,7 @@ pub fn render(
         for (class, n) in a.syscalls.iter().flat_map(|s| &s.by_class) {
             calls
                 .get_or_create(&ClassLabel {
-                    agent: a.name.clone(),
+                    agent: a.name.to_string(),
                     class: class.clone(),
                 })
                 .inc_by(*n);

@@ -3,8 +3,9 @@
 //! Agents are untrusted. A [`Sandbox`] spawns an agent from an [`AgentSpec`] into a contained
 //! [`Agent`] that the daemon can resume, pause, meter and kill:
 //!
-//! - [`wasm`]: WASM modules under wasmtime, each on its own OS thread. Epoch interruption makes
-//!   the guest yield to its thread every millisecond; a paused agent is simply not polled. Linear
+//! - [`wasm`]: WASM modules under wasmtime, polled by a pool of executor threads (one per
+//!   running agent, none for a frozen one). Epoch interruption makes the guest yield to its
+//!   worker every millisecond; a paused agent is simply not polled. Linear
 //!   memory is capped by a `ResourceLimiter`; fuel can be turned on for deterministic replay.
 //!   Needs no privilege; the default.
 //! - [`process`]: native programs in cgroups (v2 where the controllers are, v1 where they are

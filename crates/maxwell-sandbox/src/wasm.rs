@@ -1,20 +1,34 @@
 //! WASM agents under wasmtime: the default backend, needing no privilege.
 //!
-//! Each agent runs on its own OS thread, which polls the agent's future (instantiate, then call
-//! the export `run`). With epoch interruption, a ticker thread advances the engine's epoch every
-//! [`EPOCH`]; at each deadline the store's callback samples the agent's memory and either lets it
-//! continue or, when the daemon asked for a pause, yields the future: the thread then parks on a
-//! condition variable and the agent is simply not polled until resumed. Fuel can be switched on
-//! instead or as well, for replay that does not depend on timing. Linear memory is capped by a
-//! `ResourceLimiter`; growing past the cap traps and is reported as [`ExitReason::MemoryLimit`].
+//! An agent is a future (instantiate, then call the export `run`) kept in the agent's shared
+//! cell; a pool of executor threads polls the futures of running agents. [`Agent::resume`]
+//! marks the agent runnable and puts it on the pool's run queue, for the worker that a pause
+//! just freed if one is on its way back, else the most recently idle worker (warm caches, warm
+//! CPU), else a new one: a running agent has a worker to itself for as long as it runs, since a
+//! guest in a tight loop only yields at an epoch deadline when asked to pause. The pool keeps [`SPARE_WORKERS`] idle workers ready, so that a resume never waits for a thread to
+//! start, and idle workers beyond [`MAX_IDLE_WORKERS`] exit after [`IDLE_EXIT`]. Workers run at
+//! the agents' lowered priority ([`crate::AGENT_NICE`]).
+//!
+//! With epoch interruption, a ticker thread advances the engine's epoch every [`EPOCH`]; at each
+//! deadline the store's callback samples the agent's memory and either lets it continue or, when
+//! the daemon asked for a pause, yields the future. The worker then puts the future back in the
+//! agent's cell and moves on: a paused agent holds no thread, and is not polled until resumed.
+//! An agent that has never run holds no store either: the store, its host state and the future
+//! are made when a worker first polls it, so an admitted agent waiting for its first quantum
+//! costs a few hundred bytes (its compiled module is shared by every agent of the same module).
+//! CPU time is accounted per poll, from the worker's `CLOCK_THREAD_CPUTIME_ID`. Fuel can be
+//! switched on instead of or as well as epochs, for replay that does not depend on timing.
+//! Linear memory is capped by a `ResourceLimiter`; growing past the cap traps and is reported
+//! as [`ExitReason::MemoryLimit`].
 //!
 //! Host imports live in module `maxwell` (docs/wasm-abi.md): `bid`, `cancel_bid`, `claim`,
 //! `balance`, `price`, `income`, `quanta`, `work`, `log`.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,8 +50,20 @@ use crate::{
 /// How often the epoch advances: the longest a running agent goes without the host checking it.
 pub const EPOCH: Duration = Duration::from_millis(1);
 
-/// How long `pause` and `kill` wait for the agent's thread.
+/// How long `pause` and `kill` wait for the agent's worker.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle workers the pool keeps ready for the next resume.
+pub const SPARE_WORKERS: usize = 2;
+
+/// Idle workers beyond this many exit after [`IDLE_EXIT`] without work.
+pub const MAX_IDLE_WORKERS: usize = 8;
+
+/// How long a worker beyond [`MAX_IDLE_WORKERS`] idles before it exits.
+pub const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// A worker's own stack: guests run on wasmtime's fiber stacks, the worker only polls.
+const WORKER_STACK: usize = 1 << 20;
 
 /// Erasure is sampled at every pause and every this many epochs while running.
 const SAMPLE_EVERY_EPOCHS: u64 = 10;
@@ -64,7 +90,7 @@ impl Default for WasmConfig {
 
 /// Advances an engine's epoch until dropped.
 struct Ticker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     /// Agents that want to run; the ticker sleeps while there are none (idle agents cost
     /// nothing: a paused agent needs no epoch, since `pause` bumps the epoch itself).
     demand: Arc<(Mutex<usize>, Condvar)>,
@@ -73,7 +99,7 @@ struct Ticker {
 
 impl Ticker {
     fn start(engine: Engine) -> Result<Ticker, SandboxError> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let demand = Arc::new((Mutex::new(0usize), Condvar::new()));
         let flag = stop.clone();
         let wanted = demand.clone();
@@ -131,7 +157,18 @@ pub struct WasmSandbox {
     config: WasmConfig,
     linker: Linker<Host>,
     ticker: Option<Arc<Ticker>>,
+    pool: Arc<Pool>,
+    /// Compiled modules by their bytes, shared by the agents that run them; an entry lives as
+    /// long as one of its agents does.
+    modules: Mutex<HashMap<Vec<u8>, Weak<Compiled>>>,
     seed: AtomicU64,
+}
+
+/// A module compiled and linked, ready to instantiate.
+struct Compiled {
+    pre: InstancePre<Host>,
+    /// Bytes of linear memory the module declares.
+    declared: u64,
 }
 
 const WANT_RUN: u8 = 0;
@@ -140,20 +177,60 @@ const WANT_STOP: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Is {
+    /// Not being polled (never run, or yielded on a pause); it may be on the run queue.
     Parked,
+    /// A worker is polling it.
     Running,
     Done,
 }
 
-#[derive(Debug)]
+/// An agent's future: instantiate, then call `run`.
+type Life = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
+
+/// What an agent needs to start, kept until its first poll.
+struct Unborn {
+    engine: Engine,
+    module: Arc<Compiled>,
+    mailbox: Arc<Mailbox>,
+    /// Linear memory cap, bytes.
+    cap: usize,
+    /// The erasure sampler's secret seed.
+    seed: u64,
+    epoch: bool,
+    fuel_yield_interval: Option<u64>,
+}
+
+enum Task {
+    /// Never polled: no store yet.
+    Unborn(Box<Unborn>),
+    /// Parked between polls.
+    Born(Life),
+    /// With the worker that polls it, or dropped.
+    Out,
+}
+
+/// The part of an agent's state kept under its lock.
+struct Cell {
+    is: Is,
+    /// Why it ended, once `is` is `Done`.
+    exit: Option<Exit>,
+    /// On the pool's run queue.
+    queued: bool,
+    task: Task,
+}
+
 struct Shared {
     want: AtomicU8,
-    /// Set once the agent's thread has ended (`is` then holds its exit): read without the lock,
-    /// so that resuming an agent never waits for its (lower-priority) thread to release it.
-    done: std::sync::atomic::AtomicBool,
-    is: Mutex<(Is, Option<Exit>)>,
+    /// Set once the agent has ended (`cell` then holds its exit): read without the lock.
+    done: AtomicBool,
+    cell: Mutex<Cell>,
     cv: Condvar,
+    /// CPU time used, all polls together.
     cpu_ns: AtomicU64,
+    /// `cpu_ns` when the current poll began, and the worker's thread CPU clock then: an epoch
+    /// callback during the poll reports `poll_base + (now - poll_start)`.
+    poll_base: AtomicU64,
+    poll_start: AtomicU64,
     resident: AtomicU64,
     erased: AtomicU64,
     /// Why the guest was stopped, when the host stopped it (memory cap, ABI violation).
@@ -161,8 +238,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, (Is, Option<Exit>)> {
-        self.is.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Cell> {
+        self.cell.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn set_cause(&self, reason: ExitReason, detail: String) {
         let mut c = self.cause.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,6 +247,344 @@ impl Shared {
             *c = Some((reason, detail));
         }
     }
+    /// Records the agent's end (with its task already out of the cell).
+    fn finish(&self, exit: Exit) {
+        let mut g = self.lock();
+        g.is = Is::Done;
+        g.exit = Some(exit);
+        g.queued = false;
+        self.done.store(true, Ordering::Release);
+        self.cv.notify_all();
+    }
+}
+
+/// The executor threads and their run queue.
+struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    state: Mutex<PoolState>,
+    /// Workers that have just parked an agent and are on their way back to the queue: a resume
+    /// right after a pause (the usual end of a quantum) is taken by the worker the pause freed,
+    /// on its warm CPU, instead of waking another.
+    returning: AtomicUsize,
+}
+
+#[derive(Default)]
+struct PoolState {
+    runnable: VecDeque<Arc<Shared>>,
+    /// Idle workers, the most recently idle last: a resume wakes the last, whose caches (and
+    /// CPU) are warmest, and the first ones, idle longest, are those that exit.
+    idle: Vec<Arc<Slot>>,
+    /// Workers woken or started that have not yet looked at the run queue: each takes an agent
+    /// from it if one is there. A queued agent always has one coming (`runnable.len() <=
+    /// coming` after every `submit`).
+    coming: usize,
+    /// The sandbox and all its agents are gone: workers exit.
+    stop: bool,
+}
+
+/// Where one idle worker waits (with the pool's lock).
+struct Slot {
+    cv: Condvar,
+    /// Set, under the pool's lock, when the worker is taken off the idle list and woken.
+    woken: AtomicBool,
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pool {
+    fn start() -> Result<Pool, SandboxError> {
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                state: Mutex::new(PoolState::default()),
+                returning: AtomicUsize::new(0),
+            }),
+        };
+        pool.inner.lock().coming += SPARE_WORKERS;
+        pool.grow(SPARE_WORKERS, SPARE_WORKERS)
+            .map_err(|e| SandboxError::io("starting the wasm worker threads", e))?;
+        Ok(pool)
+    }
+
+    /// Starts `n` workers, already counted in `coming`, of which the first `needed` must start
+    /// (the others are spares, whose failure to start is only reported).
+    fn grow(&self, n: usize, needed: usize) -> std::io::Result<()> {
+        for i in 0..n {
+            let inner = self.inner.clone();
+            let started = std::thread::Builder::new()
+                .name("maxwell-wasm".into())
+                .stack_size(WORKER_STACK)
+                .spawn(move || worker(inner));
+            if let Err(e) = started {
+                let mut st = self.inner.lock();
+                st.coming = st.coming.saturating_sub(n - i);
+                if i < needed {
+                    return Err(e);
+                }
+                eprintln!("maxwell: starting a spare wasm worker thread: {e}");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a runnable agent, making sure a worker will take it: the most recently idle one,
+    /// woken, or a new one when none is idle; then tops the idle workers up to the spares.
+    fn submit(&self, agent: Arc<Shared>) -> std::io::Result<()> {
+        let (needed, spares) = {
+            let mut st = self.inner.lock();
+            st.runnable.push_back(agent);
+            let mut needed = 0;
+            let returning = self.inner.returning.load(Ordering::Acquire);
+            if st.runnable.len() > st.coming + returning {
+                match st.idle.pop() {
+                    Some(slot) => {
+                        slot.woken.store(true, Ordering::Relaxed);
+                        slot.cv.notify_one();
+                    }
+                    None => needed = 1,
+                }
+                st.coming += 1;
+            }
+            // Workers coming beyond the queued agents will be idle too.
+            let free = st.idle.len() + (st.coming + returning).saturating_sub(st.runnable.len());
+            let spares = SPARE_WORKERS.saturating_sub(free);
+            st.coming += spares;
+            (needed, spares)
+        };
+        if needed + spares == 0 {
+            return Ok(());
+        }
+        self.grow(needed + spares, needed)
+    }
+
+    /// Takes an agent off the run queue; false if a worker already took it.
+    fn withdraw(&self, agent: &Arc<Shared>) -> bool {
+        let mut st = self.inner.lock();
+        match st.runnable.iter().position(|a| Arc::ptr_eq(a, agent)) {
+            Some(i) => st.runnable.remove(i).is_some(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // No agent is left to run (each holds the pool): idle workers exit now.
+        let mut st = self.inner.lock();
+        st.stop = true;
+        for slot in std::mem::take(&mut st.idle) {
+            slot.woken.store(true, Ordering::Relaxed);
+            slot.cv.notify_one();
+            st.coming += 1;
+        }
+    }
+}
+
+/// An executor thread: takes runnable agents off the queue and polls each until it parks or
+/// ends; idle, waits on its own slot until a resume wakes it.
+fn worker(pool: Arc<PoolInner>) {
+    if let Err(e) = crate::yield_to_the_tick_thread(crate::AGENT_NICE) {
+        // A scheduling hint: agents still run, the tick may be later under load.
+        eprintln!("maxwell: could not lower a wasm worker thread's priority: {e}");
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let slot = Arc::new(Slot {
+        cv: Condvar::new(),
+        woken: AtomicBool::new(false),
+    });
+    let mut st = pool.lock();
+    // Started: counted as coming until here.
+    st.coming = st.coming.saturating_sub(1);
+    loop {
+        if let Some(agent) = st.runnable.pop_front() {
+            drop(st);
+            let returning = run(&agent, &mut cx, &pool);
+            drop(agent);
+            st = pool.lock();
+            if returning {
+                pool.returning.fetch_sub(1, Ordering::Release);
+            }
+            continue;
+        }
+        if st.stop {
+            return;
+        }
+        slot.woken.store(false, Ordering::Relaxed);
+        st.idle.push(slot.clone());
+        loop {
+            let (g, waited) = slot
+                .cv
+                .wait_timeout(st, IDLE_EXIT)
+                .unwrap_or_else(|p| p.into_inner());
+            st = g;
+            if slot.woken.load(Ordering::Relaxed) {
+                st.coming = st.coming.saturating_sub(1);
+                break;
+            }
+            if waited.timed_out() && st.idle.len() > MAX_IDLE_WORKERS {
+                // Idle longest (it would have been woken otherwise) among too many: it exits.
+                st.idle.retain(|s| !Arc::ptr_eq(s, &slot));
+                return;
+            }
+        }
+    }
+}
+
+/// Polls one agent taken off the run queue until it parks (its future back in its cell) or ends.
+/// True when it parked the agent and counted itself in `pool.returning`.
+fn run(shared: &Arc<Shared>, cx: &mut Context<'_>, pool: &PoolInner) -> bool {
+    let task = {
+        let mut g = shared.lock();
+        g.queued = false;
+        // Running is announced under the lock with `want` checked, so that a `pause` that saw
+        // the agent parked cannot miss it starting. An agent paused again before a worker came
+        // stays parked; a killed one is ended by its killer.
+        if g.is != Is::Parked || shared.want.load(Ordering::Acquire) != WANT_RUN {
+            return false;
+        }
+        g.is = Is::Running;
+        std::mem::replace(&mut g.task, Task::Out)
+    };
+    let mut life: Life = match task {
+        Task::Born(life) => life,
+        Task::Unborn(unborn) => Box::pin(live(*unborn, shared.clone())),
+        Task::Out => {
+            shared.finish(Exit {
+                reason: ExitReason::Crashed,
+                detail: "the agent's state was lost".into(),
+            });
+            return false;
+        }
+    };
+    let exit = loop {
+        let base = shared.cpu_ns.load(Ordering::Relaxed);
+        let start = thread_cpu_ns();
+        shared.poll_base.store(base, Ordering::Relaxed);
+        shared.poll_start.store(start, Ordering::Relaxed);
+        let polled = life.as_mut().poll(cx);
+        shared.cpu_ns.store(
+            base.saturating_add(thread_cpu_ns().saturating_sub(start)),
+            Ordering::Relaxed,
+        );
+        match polled {
+            Poll::Ready(result) => break exit_of(shared, result),
+            Poll::Pending => {
+                // It yielded: at an epoch deadline on a pause, or at a fuel yield. `want` is
+                // read under the lock, so that a `resume` after it either sees the agent parked
+                // (and queues it) or is seen here.
+                let mut g = shared.lock();
+                match shared.want.load(Ordering::Acquire) {
+                    WANT_RUN => {}
+                    WANT_PAUSE => {
+                        // Counted before the agent is seen parked: a resume it makes possible
+                        // finds this worker coming back.
+                        pool.returning.fetch_add(1, Ordering::Release);
+                        g.task = Task::Born(life);
+                        g.is = Is::Parked;
+                        shared.cv.notify_all();
+                        return true;
+                    }
+                    _ => {
+                        break Exit {
+                            reason: ExitReason::Killed,
+                            detail: "killed by the host while paused".into(),
+                        };
+                    }
+                }
+            }
+        }
+    };
+    drop(life);
+    shared.finish(exit);
+    false
+}
+
+/// How an agent's future ended.
+fn exit_of(shared: &Shared, result: wasmtime::Result<()>) -> Exit {
+    let cause = shared
+        .cause
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match (result, cause) {
+        (Ok(()), _) => Exit {
+            reason: ExitReason::Finished,
+            detail: "run returned".into(),
+        },
+        (Err(_), Some((reason, detail))) => Exit { reason, detail },
+        (Err(_), None) if shared.want.load(Ordering::Acquire) == WANT_STOP => Exit {
+            reason: ExitReason::Killed,
+            detail: "killed by the host".into(),
+        },
+        (Err(e), None) => Exit {
+            reason: ExitReason::Crashed,
+            detail: match e.downcast_ref::<wasmtime::Trap>() {
+                Some(t) => format!("trap: {t}"),
+                None => format!("{e:#}"),
+            },
+        },
+    }
+}
+
+/// An agent's whole life, from its first poll: its store, instantiation and `run`.
+async fn live(unborn: Unborn, shared: Arc<Shared>) -> wasmtime::Result<()> {
+    let mut store = new_store(&unborn, &shared)?;
+    let instance = unborn.module.pre.instantiate_async(&mut store).await?;
+    let memory = instance.get_memory(&mut store, "memory");
+    store.data_mut().memory = memory;
+    let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
+    let result = run.call_async(&mut store, ()).await;
+    observe(&mut store.as_context_mut());
+    result
+}
+
+fn new_store(u: &Unborn, shared: &Arc<Shared>) -> wasmtime::Result<Store<Host>> {
+    let mut store = Store::new(
+        &u.engine,
+        Host {
+            mailbox: u.mailbox.clone(),
+            shared: shared.clone(),
+            limiter: Limiter {
+                cap: u.cap,
+                shared: shared.clone(),
+            },
+            memory: None,
+            sampler: PageSampler::new(crate::erasure::DEFAULT_WATCHED, u.seed),
+            epochs: 0,
+        },
+    );
+    store.limiter(|h| &mut h.limiter);
+    if u.epoch {
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let host = ctx.data_mut();
+            host.epochs += 1;
+            let want = host.shared.want.load(Ordering::Acquire);
+            if want != WANT_RUN || host.epochs % SAMPLE_EVERY_EPOCHS == 0 {
+                observe(&mut ctx);
+            }
+            match want {
+                WANT_RUN => Ok(UpdateDeadline::Continue(1)),
+                WANT_PAUSE => Ok(UpdateDeadline::Yield(1)),
+                _ => Err(wasmtime::format_err!("killed by the host")),
+            }
+        });
+    }
+    if let Some(interval) = u.fuel_yield_interval {
+        let fuel = |e: wasmtime::Error| wasmtime::format_err!("fuel: {e:#}");
+        store.set_fuel(u64::MAX).map_err(fuel)?;
+        store
+            .fuel_async_yield_interval(Some(interval))
+            .map_err(fuel)?;
+    }
+    Ok(store)
 }
 
 struct Limiter {
@@ -234,8 +649,16 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples erasure and resident size; called on the agent's thread with the store at hand.
+/// Samples CPU time, erasure and resident size; called on the agent's worker, inside a poll,
+/// with the store at hand.
 fn observe(ctx: &mut wasmtime::StoreContextMut<'_, Host>) {
+    let shared = &ctx.data().shared;
+    let base = shared.poll_base.load(Ordering::Relaxed);
+    let start = shared.poll_start.load(Ordering::Relaxed);
+    shared.cpu_ns.store(
+        base.saturating_add(thread_cpu_ns().saturating_sub(start)),
+        Ordering::Relaxed,
+    );
     let Some(memory) = ctx.data().memory else {
         return;
     };
@@ -247,7 +670,6 @@ fn observe(ctx: &mut wasmtime::StoreContextMut<'_, Host>) {
     host.sampler = sampler;
     host.shared.erased.fetch_add(erased.0, Ordering::Relaxed);
     host.shared.resident.store(resident, Ordering::Relaxed);
-    host.shared.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
 }
 
 fn violation(caller: &Caller<'_, Host>, detail: String) -> wasmtime::Error {
@@ -406,6 +828,8 @@ impl WasmSandbox {
             config,
             linker,
             ticker,
+            pool: Arc::new(Pool::start()?),
+            modules: Mutex::new(HashMap::new()),
             seed: AtomicU64::new(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -417,6 +841,35 @@ impl WasmSandbox {
     /// Compiles a module (binary or WAT) and checks its imports and exports, without running it.
     pub fn check(&self, module: &[u8]) -> Result<(), SandboxError> {
         self.prepare(module).map(|_| ())
+    }
+
+    /// The compiled module for these bytes: shared with the live agents already running the
+    /// same module, else compiled now.
+    fn compiled(&self, module: &[u8]) -> Result<Arc<Compiled>, SandboxError> {
+        let cached = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(module)
+            .and_then(Weak::upgrade);
+        if let Some(compiled) = cached {
+            return Ok(compiled);
+        }
+        // Compiled without the lock: a spawn of another module need not wait for this one.
+        let pre = self.prepare(module)?;
+        // Until its first quantum instantiates it, an agent is charged for the memory its
+        // module declares: it holds that place from the moment it is admitted.
+        let declared: u64 = pre
+            .module()
+            .exports()
+            .filter_map(|e| e.ty().memory().map(|m| m.minimum()))
+            .sum::<u64>()
+            .saturating_mul(65_536);
+        let compiled = Arc::new(Compiled { pre, declared });
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules.retain(|_, m| m.strong_count() > 0);
+        modules.insert(module.to_vec(), Arc::downgrade(&compiled));
+        Ok(compiled)
     }
 
     fn prepare(&self, module: &[u8]) -> Result<InstancePre<Host>, SandboxError> {
@@ -465,175 +918,51 @@ impl Sandbox for WasmSandbox {
             "wasm",
             "runs modules that make no syscalls (their only imports are Maxwell's)",
         )?;
-        let pre = self.prepare(module)?;
-        // Until its first quantum instantiates it, an agent is charged for the memory its
-        // module declares: it holds that place from the moment it is admitted.
-        let declared: u64 = pre
-            .module()
-            .exports()
-            .filter_map(|e| e.ty().memory().map(|m| m.minimum()))
-            .sum::<u64>()
-            .saturating_mul(65_536);
-        let shared = Arc::new(Shared {
-            want: AtomicU8::new(WANT_PAUSE),
-            done: std::sync::atomic::AtomicBool::new(false),
-            is: Mutex::new((Is::Parked, None)),
-            cv: Condvar::new(),
-            cpu_ns: AtomicU64::new(0),
-            resident: AtomicU64::new(declared),
-            erased: AtomicU64::new(0),
-            cause: Mutex::new(None),
-        });
+        let compiled = self.compiled(module)?;
         let mailbox = Arc::new(Mailbox::default());
         let seed = self
             .seed
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        let mut store = Store::new(
-            &self.engine,
-            Host {
-                mailbox: mailbox.clone(),
-                shared: shared.clone(),
-                limiter: Limiter {
-                    cap: spec.limits.memory_max.0 as usize,
-                    shared: shared.clone(),
-                },
-                memory: None,
-                sampler: PageSampler::new(crate::erasure::DEFAULT_WATCHED, seed),
-                epochs: 0,
-            },
-        );
-        store.limiter(|h| &mut h.limiter);
-        if self.config.epoch {
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|mut ctx| {
-                let host = ctx.data_mut();
-                host.epochs += 1;
-                let want = host.shared.want.load(Ordering::Acquire);
-                if want != WANT_RUN || host.epochs % SAMPLE_EVERY_EPOCHS == 0 {
-                    observe(&mut ctx);
-                }
-                match want {
-                    WANT_RUN => Ok(UpdateDeadline::Continue(1)),
-                    WANT_PAUSE => Ok(UpdateDeadline::Yield(1)),
-                    _ => Err(wasmtime::format_err!("killed by the host")),
-                }
-            });
-        }
-        if let Some(interval) = self.config.fuel_yield_interval {
-            let fuel = |e: wasmtime::Error| SandboxError::InvalidSpec(format!("fuel: {e}"));
-            store.set_fuel(u64::MAX).map_err(fuel)?;
-            store
-                .fuel_async_yield_interval(Some(interval))
-                .map_err(fuel)?;
-        }
-        let thread_shared = shared.clone();
-        let name = spec.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("wasm-{name}"))
-            .stack_size(1 << 20)
-            .spawn(move || agent_thread(store, pre, thread_shared))
-            .map_err(|e| SandboxError::io(format!("starting agent {name}'s thread"), e))?;
+        // The store is made at the first poll (`live`): until then the agent is only this.
+        let unborn = Unborn {
+            engine: self.engine.clone(),
+            module: compiled.clone(),
+            mailbox: mailbox.clone(),
+            cap: spec.limits.memory_max.0 as usize,
+            seed,
+            epoch: self.config.epoch,
+            fuel_yield_interval: self.config.fuel_yield_interval,
+        };
+        let shared = Arc::new(Shared {
+            want: AtomicU8::new(WANT_PAUSE),
+            done: AtomicBool::new(false),
+            cell: Mutex::new(Cell {
+                is: Is::Parked,
+                exit: None,
+                queued: false,
+                task: Task::Unborn(Box::new(unborn)),
+            }),
+            cv: Condvar::new(),
+            cpu_ns: AtomicU64::new(0),
+            poll_base: AtomicU64::new(0),
+            poll_start: AtomicU64::new(0),
+            resident: AtomicU64::new(compiled.declared),
+            erased: AtomicU64::new(0),
+            cause: Mutex::new(None),
+        });
         Ok(Box::new(WasmAgent {
             name: spec.name.clone(),
             engine: self.engine.clone(),
             epoch: self.config.epoch,
             _ticker: self.ticker.clone(),
+            pool: self.pool.clone(),
+            _module: compiled,
             shared,
             mailbox,
-            thread: Some(thread),
             last_cpu: 0,
             ticking: false,
         }))
     }
-}
-
-fn agent_thread(mut store: Store<Host>, pre: InstancePre<Host>, shared: Arc<Shared>) {
-    if let Err(e) = crate::yield_to_the_tick_thread(crate::AGENT_NICE) {
-        // A scheduling hint: the agent still runs, the tick may be later under load.
-        eprintln!("maxwell: could not lower an agent thread's priority: {e}");
-    }
-    let fut = async move {
-        let instance = pre.instantiate_async(&mut store).await?;
-        let memory = instance.get_memory(&mut store, "memory");
-        store.data_mut().memory = memory;
-        let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
-        let result = run.call_async(&mut store, ()).await;
-        observe(&mut store.as_context_mut());
-        result
-    };
-    let mut fut: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>> = Box::pin(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    let exit = loop {
-        // Parked, the thread sleeps in `park`: the host wakes it with `unpark` after changing
-        // `want`, taking no lock (a lock this lower-priority thread held when preempted would
-        // make the tick wait for it). The parking itself is announced under the lock, for the
-        // host's `pause`, which waits for it.
-        let stopped = loop {
-            match shared.want.load(Ordering::Acquire) {
-                WANT_STOP => break true,
-                WANT_RUN => {
-                    // Running is announced under the lock with `want` checked again, so that
-                    // a `pause` that saw the agent parked cannot miss it starting.
-                    let mut g = shared.lock();
-                    if shared.want.load(Ordering::Acquire) == WANT_RUN {
-                        g.0 = Is::Running;
-                        break false;
-                    }
-                }
-                _ => {
-                    {
-                        let mut g = shared.lock();
-                        if g.0 != Is::Parked {
-                            g.0 = Is::Parked;
-                            shared.cv.notify_all();
-                        }
-                    }
-                    // An `unpark` after the check above leaves a token: this returns at once.
-                    if shared.want.load(Ordering::Acquire) == WANT_PAUSE {
-                        std::thread::park();
-                    }
-                }
-            }
-        };
-        if stopped {
-            break Exit {
-                reason: ExitReason::Killed,
-                detail: "killed by the host while paused".into(),
-            };
-        }
-        let polled = fut.as_mut().poll(&mut cx);
-        shared.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
-        if let Poll::Ready(result) = polled {
-            let cause = shared
-                .cause
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            break match (result, cause) {
-                (Ok(()), _) => Exit {
-                    reason: ExitReason::Finished,
-                    detail: "run returned".into(),
-                },
-                (Err(_), Some((reason, detail))) => Exit { reason, detail },
-                (Err(_), None) if shared.want.load(Ordering::Acquire) == WANT_STOP => Exit {
-                    reason: ExitReason::Killed,
-                    detail: "killed by the host".into(),
-                },
-                (Err(e), None) => Exit {
-                    reason: ExitReason::Crashed,
-                    detail: match e.downcast_ref::<wasmtime::Trap>() {
-                        Some(t) => format!("trap: {t}"),
-                        None => format!("{e:#}"),
-                    },
-                },
-            };
-        }
-    };
-    drop(fut);
-    let mut g = shared.lock();
-    *g = (Is::Done, Some(exit));
-    shared.done.store(true, Ordering::Release);
-    shared.cv.notify_all();
 }
 
 use wasmtime::AsContextMut;
@@ -644,9 +973,11 @@ pub struct WasmAgent {
     engine: Engine,
     epoch: bool,
     _ticker: Option<Arc<Ticker>>,
+    pool: Arc<Pool>,
+    /// Keeps the compiled module in the sandbox's cache while the agent lives.
+    _module: Arc<Compiled>,
     shared: Arc<Shared>,
     mailbox: Arc<Mailbox>,
-    thread: Option<JoinHandle<()>>,
     last_cpu: u64,
     /// Counted in the ticker's demand (it wants to run).
     ticking: bool,
@@ -667,20 +998,17 @@ impl WasmAgent {
             return None;
         }
         let g = self.shared.lock();
-        if g.0 == Is::Done { g.1.clone() } else { None }
-    }
-
-    /// Wakes the agent's thread if it is parked (no lock taken).
-    fn wake(&self) {
-        if let Some(t) = &self.thread {
-            t.thread().unpark();
+        if g.is == Is::Done {
+            g.exit.clone()
+        } else {
+            None
         }
     }
 
     fn wait_for(&self, what: &'static str, done: impl Fn(Is) -> bool) -> Result<(), SandboxError> {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         let mut g = self.shared.lock();
-        while !done(g.0) {
+        while !done(g.is) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(SandboxError::Timeout {
@@ -701,24 +1029,49 @@ impl WasmAgent {
     fn stop(&mut self, reason: &str) -> Exit {
         self.shared.want.store(WANT_STOP, Ordering::Release);
         self.engine.increment_epoch();
-        self.wake();
-        let waited = self.wait_for("kill", |is| is == Is::Done);
-        if let (Ok(()), Some(t)) = (waited, self.thread.take()) {
-            let _ = t.join();
-        }
-        {
-            // The host's reason replaces the thread's generic one.
+        // A parked agent is ended here: its future (and store, if it has one) is dropped on
+        // this thread, outside the lock. A running one ends on its worker, at its next epoch
+        // deadline (the callback sees the stop) or yield.
+        let (task, queued) = {
             let mut g = self.shared.lock();
-            if let Some(exit) = g.1.as_mut().filter(|e| e.reason == ExitReason::Killed) {
-                exit.detail = format!("killed: {reason}");
+            if g.is == Is::Parked {
+                let queued = std::mem::replace(&mut g.queued, false);
+                g.is = Is::Done;
+                g.exit = Some(Exit {
+                    reason: ExitReason::Killed,
+                    detail: "killed by the host while paused".into(),
+                });
+                self.shared.done.store(true, Ordering::Release);
+                self.shared.cv.notify_all();
+                (Some(std::mem::replace(&mut g.task, Task::Out)), queued)
+            } else {
+                (None, false)
             }
+        };
+        drop(task);
+        if queued {
+            // A worker that takes it anyway finds it done and leaves it.
+            self.pool.withdraw(&self.shared);
         }
-        // A thread that did not answer (only possible without epochs) is detached; its store
-        // stays unreachable and is freed when the guest ends.
-        self.exited().unwrap_or(Exit {
-            reason: ExitReason::Killed,
-            detail: format!("killed: {reason}; the guest did not stop within 2 s"),
-        })
+        match self.wait_for("kill", |is| is == Is::Done) {
+            Ok(()) => {
+                // The host's reason replaces the worker's generic one.
+                let mut g = self.shared.lock();
+                if let Some(exit) = g.exit.as_mut().filter(|e| e.reason == ExitReason::Killed) {
+                    exit.detail = format!("killed: {reason}");
+                }
+                g.exit.clone().unwrap_or(Exit {
+                    reason: ExitReason::Crashed,
+                    detail: "ended without a report".into(),
+                })
+            }
+            // A guest that did not answer (only possible without epochs) keeps its worker; its
+            // store stays unreachable and is freed when the guest ends.
+            Err(_) => Exit {
+                reason: ExitReason::Killed,
+                detail: format!("killed: {reason}; the guest did not stop within 2 s"),
+            },
+        }
     }
 }
 
@@ -735,8 +1088,31 @@ impl Agent for WasmAgent {
             });
         }
         self.ticking(true);
+        // `want` first, then the lock: a worker parking the agent reads `want` under the lock,
+        // so either it sees this resume and keeps polling, or the agent is parked by the time
+        // the lock is taken here and is queued again.
         self.shared.want.store(WANT_RUN, Ordering::Release);
-        self.wake();
+        let queue = {
+            let mut g = self.shared.lock();
+            let queue = g.is == Is::Parked && !g.queued;
+            g.queued |= queue;
+            queue
+        };
+        if queue && let Err(e) = self.pool.submit(self.shared.clone()) {
+            // No worker could be started for it: undo, unless a worker freed up meanwhile.
+            if self.pool.withdraw(&self.shared) {
+                self.shared.lock().queued = false;
+                self.shared.want.store(WANT_PAUSE, Ordering::Release);
+                self.ticking(false);
+                return Err(SandboxError::io(
+                    format!(
+                        "resuming agent {}: starting a wasm worker thread",
+                        self.name
+                    ),
+                    e,
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -757,7 +1133,7 @@ impl Agent for WasmAgent {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         let mut g = self.shared.lock();
         loop {
-            if g.0 != Is::Running {
+            if g.is != Is::Running {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -779,9 +1155,6 @@ impl Agent for WasmAgent {
     fn kill(&mut self, reason: &str) -> Exit {
         self.ticking(false);
         if let Some(exit) = self.exited() {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
             return exit;
         }
         self.stop(reason)
@@ -810,7 +1183,7 @@ impl Agent for WasmAgent {
 
     fn status(&mut self) -> Status {
         let g = self.shared.lock();
-        match (g.0, &g.1) {
+        match (g.is, &g.exit) {
             (Is::Done, Some(exit)) => Status::Exited(exit.clone()),
             (Is::Done, None) => Status::Exited(Exit {
                 reason: ExitReason::Crashed,
@@ -825,7 +1198,9 @@ impl Agent for WasmAgent {
 impl Drop for WasmAgent {
     fn drop(&mut self) {
         self.ticking(false);
-        if self.thread.is_some() {
+        if !self.shared.done.load(Ordering::Acquire)
+            && self.shared.want.load(Ordering::Acquire) != WANT_STOP
+        {
             self.stop("the agent handle was dropped");
         }
     }

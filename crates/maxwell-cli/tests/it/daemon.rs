@@ -466,3 +466,123 @@ fn tcp_needs_the_bearer_token() {
     assert_eq!(code, 0, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The roster's journal: spawns and fundings survive a SIGKILL (the journal is not folded into
+/// agents.json then), a torn last line is ignored, cut off and logged, and a clean stop folds
+/// the journal into agents.json.
+#[test]
+fn spawns_and_nonces_survive_a_sigkill_and_a_torn_journal_line() {
+    let dir = crate::fresh_dir("daemon-journal");
+    let d = Daemon::start(&dir);
+    for name in ["idle-a", "idle-b", "idle-c"] {
+        let o = d.cli(&[
+            "agents",
+            "spawn",
+            name,
+            "--builtin",
+            "idle",
+            "--fund",
+            "100 JOULE",
+            "--opening-bid",
+            "0 JOULE",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let nonce = |d: &Daemon, name: &str| -> u64 {
+        let (status, body) = d.http("GET", &format!("/v1/wallets/{name}"), "");
+        assert_eq!(status, 200, "{body}");
+        let w: Value = serde_json::from_str(&body).unwrap();
+        w["nonce"].as_u64().unwrap()
+    };
+    for _ in 0..2 {
+        let o = d.cli(&["wallet", "fund", "idle-b", "1 JOULE"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let funded = nonce(&d, "idle-b");
+    assert!(funded > 1, "{funded}");
+    // SIGKILL: what was acknowledged is in the journal only.
+    let mut d = d;
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    drop(d);
+    let journal = dir.join("agents.journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    // A crash while a line was written leaves it torn.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    write!(f, "{{\"nonce\":{{\"id\":1,\"non").unwrap();
+    drop(f);
+    let d = Daemon::start(&dir);
+    let list = d.agents();
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!(nonce(&d, "idle-b"), funded);
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        0,
+        "folded in at start"
+    );
+    let roster: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("agents.json")).unwrap()).unwrap();
+    assert_eq!(roster.as_array().unwrap().len(), 3, "{roster}");
+    assert_eq!(roster[1]["nonce"].as_u64().unwrap(), funded, "{roster}");
+    // New spawns and fundings after the restart, then a clean stop folds them in.
+    d.spawn("idle-d", "idle", "100 JOULE");
+    let o = d.cli(&["wallet", "fund", "idle-a", "1 JOULE"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let funded_a = nonce(&d, "idle-a");
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("torn"), "{log}");
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "{log}");
+    let d = Daemon::start(&dir);
+    let list = d.agents();
+    assert_eq!(list.len(), 4, "{list:?}");
+    assert_eq!(agent(&list, "idle-d")["id"], 3, "{list:?}");
+    assert_eq!(nonce(&d, "idle-a"), funded_a);
+    assert_eq!(nonce(&d, "idle-b"), funded);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    crate::assert_ledger_verifies(&dir.join("ledger.db"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_daemon_prints_a_row_per_size() {
+    let o = maxwell(
+        &[
+            "bench",
+            "daemon",
+            "--agents",
+            "4,8",
+            "--running",
+            "1",
+            "--seconds",
+            "1",
+            "--json",
+        ],
+        "",
+    );
+    // The targets are for 10,000 agents: met or not, the rows are printed.
+    assert!(matches!(o.status.code(), Some(0 | 3)), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[1]["agents"], 8, "{v}");
+    assert_eq!(rows[1]["running"], 1, "{v}");
+    for key in [
+        "spawn_s",
+        "spawns_per_s",
+        "daemon_cpu_pct",
+        "tick_late_p99_us",
+        "tick_work_p99_us",
+        "rss_per_agent_bytes",
+        "cpu_pct_per_agent",
+        "agents_cpu_pct",
+    ] {
+        assert!(rows[0][key].is_number(), "{key}: {v}");
+    }
+    assert_eq!(v["targets"]["agents"], 8, "{v}");
+}
