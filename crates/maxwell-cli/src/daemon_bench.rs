@@ -105,22 +105,16 @@ struct Report {
     targets: Option<Targets>,
 }
 
-/// utime + stime of a thread's or process's `stat` file, in clock ticks.
-fn stat_ticks(path: &Path) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(path)?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|x| x.1)
-        .ok_or_else(|| anyhow::anyhow!("unreadable {}", path.display()))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
-    let field = |i: usize, what: &str| -> anyhow::Result<u64> {
-        f.get(i)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no {what} in {}", path.display()))
-    };
-    Ok(field(11, "utime")? + field(12, "stime")?)
+/// Time a thread has spent on a CPU, in nanoseconds: the first field of its `schedstat`, the
+/// scheduler's own exact sum. (utime and stime in `stat` are sampled at the timer tick, so a
+/// thread that wakes every 10 ms for a few tens of microseconds is mostly missed: they read 0%
+/// for a daemon that is not idle.)
+fn schedstat_ns(path: &Path) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(path)?;
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unreadable {}", path.display()))
 }
 
 /// Whether a thread of the daemon runs WASM agents (their CPU is theirs, paid for in the
@@ -130,27 +124,48 @@ fn runs_agents(comm: &str) -> bool {
     comm == "maxwell-wasm" || comm.starts_with("wasm-")
 }
 
-/// CPU of the daemon process in clock ticks: its own threads', and its agents' threads'. A
-/// thread that ended meanwhile is left out of both (the process's total counts it; the split
-/// is what the daemon itself costs).
-fn cpu_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let (mut own, mut agents) = (0, 0);
+/// Every thread of the daemon process: its id, whether it runs agents, its CPU time in ns.
+fn threads(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, (bool, u64)>> {
+    let mut out = std::collections::BTreeMap::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = t?.path();
+        let Some(tid) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
         let (Ok(comm), Ok(n)) = (
             std::fs::read_to_string(dir.join("comm")),
-            stat_ticks(&dir.join("stat")),
+            schedstat_ns(&dir.join("schedstat")),
         ) else {
             // The thread ended between the listing and the read.
             continue;
         };
-        if runs_agents(comm.trim_end()) {
-            agents += n;
+        out.insert(tid, (runs_agents(comm.trim_end()), n));
+    }
+    Ok(out)
+}
+
+/// CPU used between two samples of [`threads`], in ns: the daemon's own threads' and its
+/// agents' threads'. Each thread counts what it used in between (one started meanwhile, all
+/// it used); a thread that ended meanwhile is left out (summing totals instead made a pool
+/// thread that exited look like negative CPU).
+fn cpu_between(
+    before: &std::collections::BTreeMap<u64, (bool, u64)>,
+    after: &std::collections::BTreeMap<u64, (bool, u64)>,
+) -> (u64, u64) {
+    let (mut own, mut agents) = (0u64, 0u64);
+    for (tid, &(runs, ns)) in after {
+        let used = ns.saturating_sub(before.get(tid).map_or(0, |b| b.1));
+        if runs {
+            agents += used;
         } else {
-            own += n;
+            own += used;
         }
     }
-    Ok((own, agents))
+    (own, agents)
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
@@ -400,17 +415,17 @@ fn measure(a: &DaemonBenchArgs, n: u32, dir: &Path, pid: u32) -> anyhow::Result<
         let spawn_s = t0.elapsed().as_secs_f64();
         let s1: Stats = client.call("GET", "/v1/stats", None::<&()>).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        let c0 = cpu_ticks(pid)?;
+        let c0 = threads(pid)?;
         let s2: Stats = client.call("GET", "/v1/stats", None::<&()>).await?;
         let t1 = Instant::now();
         tokio::time::sleep(Duration::from_secs(a.seconds)).await;
-        let c1 = cpu_ticks(pid)?;
+        let c1 = threads(pid)?;
         let wall = t1.elapsed().as_secs_f64();
         let s3: Stats = client.call("GET", "/v1/stats", None::<&()>).await?;
         let rss = rss_mib(pid)?;
-        let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / hz / wall * 100.0;
-        let cpu_pct = pct(c0.0, c1.0);
+        let (own_ns, agents_ns) = cpu_between(&c0, &c1);
+        let pct = |ns: u64| ns as f64 / 1e9 / wall * 100.0;
+        let cpu_pct = pct(own_ns);
         Ok(Row {
             agents: n,
             running: a.running.min(n),
@@ -423,7 +438,7 @@ fn measure(a: &DaemonBenchArgs, n: u32, dir: &Path, pid: u32) -> anyhow::Result<
             ticks: s3.ticks.saturating_sub(s2.ticks),
             daemon_cpu_pct: cpu_pct,
             cpu_pct_per_agent: cpu_pct / f64::from(n),
-            agents_cpu_pct: pct(c0.1, c1.1),
+            agents_cpu_pct: pct(agents_ns),
             tick_late_p50_us: s3.late_p50_us,
             tick_late_p99_us: s3.late_p99_us,
             tick_late_max_us: s3.late_max_us,

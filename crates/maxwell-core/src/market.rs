@@ -11,7 +11,7 @@
 //! 5. price: the PID controller turns temperature into a power budget, hence supply and reserve;
 //! 6. clear the auction; winners pay the uniform price for the coming quantum; the tick's
 //!    house income sets the next bounty rate and, with [`MarketConfig::recycle_income`], goes
-//!    back to the bounty pool once a rent period;
+//!    back to the bounty pool on every rent posting tick (`rent_settle_ticks`);
 //! 7. check the conservation invariant (also in release builds).
 //!
 //! An agent that cannot pay a charge pays what it has and starts dying: its bid is withdrawn,
@@ -113,7 +113,7 @@ pub struct MarketConfig {
     pub recycle_income: bool,
     /// The operator's standing grant to useful work: while work is being claimed and a unit
     /// earns less than `bounty_per_unit`, the pool is paid this power's worth at the grid
-    /// price (accrued every tick, minted once a rent period as pool funding) and pays it out
+    /// price (accrued every tick, minted on every rent posting tick as pool funding) and pays it out
     /// at once as bounties. Default 15 W, one slot's energy. Without a grant,
     /// recycled money alone gives useful agents back exactly what they pay, so a lone useful
     /// agent's measured value sits on the reserve and measurement noise alone decides whether
@@ -136,13 +136,22 @@ pub struct MarketConfig {
     pub audit_ppm: u32,
     /// Ticks between insolvency and death. Default 50 (0.5 s at 10 ms).
     pub grace_ticks: u32,
-    /// Rent accrues every tick but is posted to the ledger every `rent_settle_ticks` ticks
-    /// (all on the same tick, so an idle node writes its ledger once a period), and at once when
-    /// the agent cannot cover what it owes or starts dying. Bids are capped by the balance
-    /// minus the rent owed, so accrual never lets an agent spend money it owes. Default 100
-    /// (one second at 10 ms): an idle agent costs the ledger one row a second, not a hundred.
-    /// 1 posts every tick.
+    /// Rent accrues every tick (lazily: see [`Market::rent_due`]) and is posted to the ledger
+    /// only on ticks that are multiples of `rent_settle_ticks`, so that an idle node writes its
+    /// ledger at most once in that many ticks. Default 100 (one second at 10 ms). It is also
+    /// posted at once when the agent cannot cover what it owes or starts dying, and bids are
+    /// capped by the balance minus the rent owed, so accrual never lets an agent spend money
+    /// it owes. 1 posts every tick.
     pub rent_settle_ticks: u32,
+    /// Each agent's rent is posted on one posting tick in `rent_settle_spread` (its period is
+    /// `rent_settle_ticks * rent_settle_spread` ticks), the agents spread over the posting
+    /// ticks by id: with 10,000 agents and the defaults a posting tick writes about 170 rows
+    /// once a second, instead of 10,000 rows at once or a hundred rows every tick. Default 60
+    /// (an agent's rent is posted once a minute). 1 posts every agent on every posting tick.
+    /// What it changes is only when owed rent appears in the ledger: every decision reads
+    /// the rent owed. A crash forgives what was accrued and not yet posted, at most one
+    /// period's rent.
+    pub rent_settle_spread: u32,
     /// Audits awaiting a verdict at most; claims beyond this are refused until verdicts come
     /// in. Default 65_536.
     pub max_pending_audits: usize,
@@ -181,6 +190,7 @@ impl Default for MarketConfig {
             audit_ppm: 20_000,
             grace_ticks: 50,
             rent_settle_ticks: 100,
+            rent_settle_spread: 60,
             max_pending_audits: 65_536,
             seed: 0,
         }
@@ -408,6 +418,9 @@ pub enum Command {
         /// Why (`Owner` or `Limit`).
         cause: Cause,
     },
+    /// Post every living agent's accrued rent in this tick (a node about to stop, so that a
+    /// clean stop forgives no rent). Looks at every agent once.
+    SettleRent,
 }
 
 /// Why a command, claim or verdict was refused.
@@ -751,11 +764,29 @@ impl Market {
         }
     }
 
-    /// Whether `tick` ends an agent's rent period (periods are staggered by id, so that a
-    /// node with many agents posts a few rents each tick, not all of them at once).
+    /// Whether `tick` ends an agent's rent period: a posting tick (a multiple of
+    /// `rent_settle_ticks`) that is its turn among `rent_settle_spread` (by id, so that a node
+    /// with many agents posts a share of them on each posting tick).
     fn settles(&self, agent: AgentId, tick: u64) -> bool {
-        let period = u64::from(self.config.rent_settle_ticks.max(1));
-        (tick + u64::from(agent.0)).is_multiple_of(period)
+        let every = u64::from(self.config.rent_settle_ticks.max(1));
+        let spread = u64::from(self.config.rent_settle_spread.max(1));
+        tick.is_multiple_of(every) && (tick / every + u64::from(agent.0)).is_multiple_of(spread)
+    }
+
+    /// The first tick after `tick` that ends an agent's rent period (see [`Market::settles`]).
+    fn next_settle(&self, agent: AgentId, tick: u64) -> u64 {
+        let every = u64::from(self.config.rent_settle_ticks.max(1));
+        let spread = u64::from(self.config.rent_settle_spread.max(1));
+        let k0 = (tick + 1).div_ceil(every);
+        let k = k0 + (spread - (k0 + u64::from(agent.0) % spread) % spread) % spread;
+        k * every
+    }
+
+    /// Ticks between two postings of one agent's rent.
+    #[cfg(test)]
+    fn rent_period(&self) -> u64 {
+        u64::from(self.config.rent_settle_ticks.max(1))
+            * u64::from(self.config.rent_settle_spread.max(1))
     }
 
     /// Sets the tick by which an alive agent must be looked at again even if nothing touches
@@ -778,9 +809,8 @@ impl Market {
             // Nothing accrues: nothing can change without a touch.
             return;
         }
-        let period = u64::from(self.config.rent_settle_ticks.max(1));
         let next = t + 1;
-        let mut wake = next + (period - (next + u64::from(agent.0)) % period) % period;
+        let mut wake = self.next_settle(agent, t);
         if rate > 0 {
             let balance = self.balance(agent).unwrap_or(Tokens::ZERO).0;
             // The first tick at which what is owed exceeds `room` more than it does now.
@@ -1344,6 +1374,16 @@ impl Market {
                 self.begin_dying(*agent, cause.clone());
                 out_dying.push((*agent, cause.clone()));
             }
+            Command::SettleRent => {
+                for i in 0..self.agents.len() {
+                    let agent = AgentId(i as u32);
+                    if matches!(self.agents[i].life, Life::Alive) && self.due(&self.agents[i]).0 > 0
+                    {
+                        self.settle_rent(batch, agent);
+                        self.touched.insert(agent);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1732,7 +1772,7 @@ impl Market {
         }
 
         // 6b. The house's income this tick sets the next ticks' bounty rate, and (with
-        // `recycle_income`) goes back to the pool once a rent period, or sooner when a bounty
+        // `recycle_income`) goes back to the pool on every rent posting tick, or sooner when a bounty
         // needs it.
         let mut income: u128 = if self.config.recycle_income {
             batch

@@ -210,8 +210,13 @@ pub struct AgentView {
 pub struct WalletView {
     /// Agent name.
     pub name: String,
-    /// Balance.
+    /// Balance, as the ledger holds it.
     pub balance: Tokens,
+    /// Rent accrued and not yet posted: rent is posted once per agent's rent period (a minute
+    /// at the defaults), or at once when it could not be covered. The agent can spend the
+    /// balance less this.
+    #[serde(default)]
+    pub rent_owed: Tokens,
     /// Funding received.
     pub funded: Tokens,
     /// Bounties received.

@@ -774,6 +774,7 @@ impl Engine {
         WalletView {
             name: r.name.to_string(),
             balance: m.balance(id).unwrap_or(Tokens::ZERO),
+            rent_owed: m.rent_due(id).unwrap_or(Tokens::ZERO),
             funded: stats.funded,
             bounties: stats.bounties,
             spent: stats.spent,
@@ -1393,6 +1394,7 @@ impl Engine {
         let mut n: u64 = 0;
         let mut ops_open = true;
         let mut stopping: Option<Instant> = None;
+        let mut settled = false;
         self.publish_agents();
         loop {
             n += 1;
@@ -1405,7 +1407,13 @@ impl Engine {
             if let Some(since) = stopping
                 && (!self.busy() || since.elapsed() > STOP_GRACE)
             {
-                return Ok(());
+                if settled {
+                    return Ok(());
+                }
+                // One last tick posts every agent's accrued rent, so a clean stop forgives
+                // none.
+                self.node.settle_rent();
+                settled = true;
             }
             let tick = self.node.market().tick_count();
             // What the journal made durable since the last tick takes effect first.

@@ -417,6 +417,12 @@ impl Node {
         self.slots.get_mut(&agent)?.agent.syscalls()
     }
 
+    /// Posts every living agent's accrued rent at the next tick (before a clean stop: rent is
+    /// otherwise posted once per agent's period, and what is unposted at a stop is forgiven).
+    pub fn settle_rent(&mut self) {
+        self.commands.push(Command::SettleRent);
+    }
+
     /// Asks for an agent's death (its owner's wish), at the next tick.
     pub fn kill(&mut self, agent: AgentId) {
         self.commands.push(Command::Kill {

@@ -431,6 +431,7 @@ impl Scenario {
             audit_ppm: ((m.audit_probability * f64::from(PPM)).round() as u32).clamp(1, PPM),
             grace_ticks: u32::try_from(m.grace.0 / m.tick.0.max(1)).unwrap_or(u32::MAX),
             rent_settle_ticks: base.rent_settle_ticks,
+            rent_settle_spread: base.rent_settle_spread,
             max_pending_audits: base.max_pending_audits,
             seed,
         }
@@ -482,6 +483,7 @@ mod tests {
         assert_eq!(cfg.bounty_grant, daemon.bounty_grant);
         assert_eq!(cfg.bounty_horizon_ticks, daemon.bounty_horizon_ticks);
         assert_eq!(cfg.rent_settle_ticks, daemon.rent_settle_ticks);
+        assert_eq!(cfg.rent_settle_spread, daemon.rent_settle_spread);
         assert_eq!(s.market.opening_bid, defaults::OPENING_BID);
     }
 

@@ -101,6 +101,12 @@ pub(super) struct AgentEnd {
     pub bounties_j: f64,
     /// Paid for slots, JOULE.
     pub slots_j: f64,
+    /// CPU time it used, seconds.
+    pub cpu_s: f64,
+    /// Units of work it claimed (verified or not yet audited).
+    pub work_claimed: u64,
+    /// Work claimed per CPU second: what a quantum of its CPU was worth.
+    pub work_per_cpu_s: f64,
     /// Alive at the end.
     pub alive: bool,
 }
@@ -502,6 +508,9 @@ pub(super) fn node(
                 balance_j: j(market.balance(*id).unwrap_or(Tokens::ZERO)),
                 bounties_j: j(s.bounties),
                 slots_j: j(s.spent.slots),
+                cpu_s: s.cpu.0 as f64 / 1e9,
+                work_claimed: s.work_claimed,
+                work_per_cpu_s: s.work_claimed as f64 / (s.cpu.0 as f64 / 1e9).max(1e-9),
                 alive: matches!(market.life(*id), Some(Life::Alive)),
             })
         })

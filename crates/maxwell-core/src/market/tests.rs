@@ -16,6 +16,7 @@ fn market() -> Market {
         bounty_per_unit: Tokens(4_000),
         audit_ppm: 10_000,
         rent_settle_ticks: 1,
+        rent_settle_spread: 1,
         ..MarketConfig::default()
     })
     .unwrap()
@@ -397,7 +398,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn check_by_scan(m: &Market) -> Result<(), TestCaseError> {
     let c = m.config();
     let floor = c.grid_price.cost(c.slot_power.over(c.quantum));
-    let period = u64::from(c.rent_settle_ticks.max(1));
+    let period = m.rent_period();
     let mut alive = 0;
     for (i, a) in m.agents.iter().enumerate() {
         let id = AgentId(i as u32);
@@ -450,12 +451,12 @@ fn check_by_scan(m: &Market) -> Result<(), TestCaseError> {
 
 proptest! {
     /// Rent accrued lazily with wake-ups, dying and retrial sets keep every rule a scan of all
-    /// agents would: random operations on a market with a short, staggered rent period and
+    /// agents would: random operations on a market with short, staggered rent periods and
     /// dear memory (so agents run out), checked by [`check_by_scan`] after every tick.
     #[test]
     fn lazy_rent_and_wakeups_agree_with_a_scan(ops in prop::collection::vec(op(), 1..600), seed in any::<u64>(), idle_rent in any::<bool>()) {
         let mut m = Market::new(MarketConfig {
-            seed, audit_ppm: 200_000, grace_ticks: 3, rent_settle_ticks: 7, retrial_ticks: 5,
+            seed, audit_ppm: 200_000, grace_ticks: 3, rent_settle_ticks: 3, rent_settle_spread: 5, retrial_ticks: 5,
             rent_per_gib: MilliWatts(2_000), idle_rent, ..MarketConfig::default()
         }).unwrap();
         let ids: Vec<AgentId> = (0..6).map(|i| m.admit(AgentSpec { max_bid: Tokens(100_000 * (i + 1)) })).collect();
@@ -549,6 +550,7 @@ fn idle_energy_is_billed_to_the_living_by_resident_memory() {
             rent_per_gib: MilliWatts(0),
             idle_rent,
             rent_settle_ticks: 1,
+            rent_settle_spread: 1,
             ..MarketConfig::default()
         })
         .unwrap();
@@ -665,6 +667,7 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
     let mut m = Market::new(MarketConfig {
         rent_per_gib: MilliWatts(0),
         rent_settle_ticks: 4,
+        rent_settle_spread: 1,
         idle_rent: true,
         bid_tick: Tokens(1),
         insolvent_below_reserve: false,
@@ -733,6 +736,7 @@ fn rent_accrues_and_is_posted_once_a_period_or_when_it_cannot_be_covered() {
 fn equal_bids_take_turns_least_recently_served() {
     let mut m = Market::new(MarketConfig {
         rent_settle_ticks: 1,
+        rent_settle_spread: 1,
         trial_quanta: 0,
         ..MarketConfig::default()
     })
@@ -1140,4 +1144,132 @@ fn the_grant_pays_for_useful_work_only_while_work_is_claimed() {
         "{}",
         m.minted().0 - minted
     );
+}
+
+/// A bid capped by the wallet is re-priced every tick once the rent owed starts to cap it,
+/// even when nothing else touches the agent (no funding, no new bid, no period end): the
+/// bid-cap wake-up alone keeps the book honest.
+#[test]
+fn a_bid_is_repriced_as_rent_starts_to_cap_it() {
+    let mut m = Market::new(MarketConfig {
+        rent_per_gib: MilliWatts(1_000),
+        rent_settle_ticks: 100,
+        rent_settle_spread: 1_000,
+        insolvent_below_reserve: false,
+        retrial_ticks: 0,
+        trial_quanta: 0,
+        bid_tick: Tokens(1),
+        recycle_income: false,
+        bounty_grant: MilliWatts(0),
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    // 200,000 funded, bidding 100,000 (below the cool reserve of 150,000: it never wins),
+    // 1 GiB resident: 10,000 a tick of rent, so the cap binds from about tick 11.
+    let (a, commands) = admit_funded(&mut m, 200_000, 100_000);
+    m.tick(TickInput {
+        commands,
+        usage: vec![Usage {
+            agent: a,
+            cpu: Nanos(0),
+            resident: Bytes(1 << 30),
+            erased: Bytes(0),
+        }],
+        ..cool(1)
+    });
+    let mut capped = 0;
+    for t in 2..=18 {
+        let out = m.tick(cool(t));
+        assert!(out.clearing.winners.is_empty());
+        let due = m.rent_due(a).unwrap().0;
+        let expected = 100_000.min(200_000 - due);
+        assert_eq!(
+            m.bid(a).map(|b| b.price.0),
+            Some(expected),
+            "tick {t}: owes {due}"
+        );
+        capped += u32::from(expected < 100_000);
+    }
+    assert!(capped >= 5, "the cap bound on {capped} ticks only");
+}
+
+/// Rent is posted only on posting ticks (multiples of `rent_settle_ticks`), each agent on one
+/// in `rent_settle_spread` of them by id; `Command::SettleRent` posts everyone's at once.
+#[test]
+fn rent_is_posted_on_posting_ticks_a_share_of_the_agents_each_time() {
+    let mut m = Market::new(MarketConfig {
+        rent_per_gib: MilliWatts(1_000),
+        rent_settle_ticks: 10,
+        rent_settle_spread: 5,
+        retrial_ticks: 0,
+        ..MarketConfig::default()
+    })
+    .unwrap();
+    let mut commands = Vec::new();
+    let mut usage = Vec::new();
+    let ids: Vec<AgentId> = (0..10)
+        .map(|_| {
+            let a = m.admit(AgentSpec { max_bid: Tokens(0) });
+            commands.push(Command::Fund {
+                agent: a,
+                amount: Tokens::joules(100),
+            });
+            usage.push(Usage {
+                agent: a,
+                cpu: Nanos(0),
+                resident: Bytes(1 << 20),
+                erased: Bytes(0),
+            });
+            a
+        })
+        .collect();
+    let mut posted: Vec<Vec<u64>> = vec![Vec::new(); ids.len()];
+    for t in 1..=100u64 {
+        let input = if t == 1 {
+            TickInput {
+                commands: std::mem::take(&mut commands),
+                usage: usage.clone(),
+                ..cool(t)
+            }
+        } else {
+            cool(t)
+        };
+        let out = m.tick(input);
+        for tr in out
+            .batch
+            .transfers
+            .iter()
+            .filter(|tr| tr.kind == TransferKind::Rent)
+        {
+            let Account::Agent(a) = tr.from else {
+                panic!("rent from {:?}", tr.from)
+            };
+            assert_eq!(t % 10, 0, "rent posted on tick {t}");
+            posted[a.0 as usize].push(t);
+        }
+        m.check_conservation().unwrap();
+    }
+    for (i, ticks) in posted.iter().enumerate() {
+        let want: Vec<u64> = (1..=100u64)
+            .filter(|t| t.is_multiple_of(10) && (t / 10 + i as u64).is_multiple_of(5))
+            .collect();
+        assert_eq!(ticks, &want, "agent {i}");
+        assert_eq!(want.len(), 2);
+    }
+    // Everyone owes something now; one command posts it all in one tick.
+    m.tick(cool(101));
+    assert!(ids.iter().all(|&a| m.rent_due(a).unwrap() > Tokens::ZERO));
+    let out = m.tick(TickInput {
+        commands: vec![Command::SettleRent],
+        ..cool(102)
+    });
+    let rows = out
+        .batch
+        .transfers
+        .iter()
+        .filter(|tr| tr.kind == TransferKind::Rent)
+        .count();
+    assert_eq!(rows, ids.len());
+    assert!(ids.iter().all(|&a| m.rent_due(a) == Some(Tokens::ZERO)));
+    m.check_conservation().unwrap();
 }
