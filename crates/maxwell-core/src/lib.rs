@@ -23,6 +23,7 @@
 
 pub mod book;
 pub mod defaults;
+pub mod dense;
 pub mod energy;
 pub mod ledger;
 pub mod market;

@@ -363,7 +363,7 @@ pub struct Engine {
     /// The node.
     pub node: Node,
     /// Roster, index = market id: the agents the market has admitted.
-    pub roster: Vec<Record>,
+    pub roster: maxwell_core::dense::Dense<Record>,
     /// Data directory.
     pub data: PathBuf,
     /// Configuration.
@@ -511,7 +511,7 @@ impl Engine {
         let is_dirty = vec![false; roster.len()];
         Engine {
             node,
-            roster,
+            roster: roster.into_iter().collect(),
             data,
             config,
             backend,
@@ -1377,7 +1377,7 @@ impl Engine {
         if let Some(j) = self.journal.take() {
             j.close();
         }
-        if let Err(e) = crate::roster::compact(&self.data, &self.roster) {
+        if let Err(e) = crate::roster::compact(&self.data, self.roster.iter()) {
             // The journal is whole: the next start folds it in.
             tracing::error!(error = %e, "could not fold the roster's journal in at shutdown");
         }

@@ -278,7 +278,7 @@ pub fn open(data: &Path) -> anyhow::Result<(Vec<Record>, Journal)> {
             .map_err(|e| anyhow::anyhow!("cannot cut the torn line of {}: {e}", jp.display()))?;
     }
     if r.lines > 0 || r.torn > 0 {
-        compact(data, &records)?;
+        compact(data, records.iter())?;
         tracing::info!(
             lines = r.lines,
             agents = records.len(),
@@ -296,11 +296,23 @@ pub fn open(data: &Path) -> anyhow::Result<(Vec<Record>, Journal)> {
     Ok((records, journal))
 }
 
+/// A sequence of records, serialized as a JSON array without being collected first.
+struct Records<I>(I);
+
+impl<'a, I: Iterator<Item = &'a Record> + Clone> Serialize for Records<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
 /// Writes `records` as the snapshot (atomically), then empties the journal. A crash in between
 /// leaves a journal whose lines the snapshot holds already, which replays to the same roster.
-pub fn compact(data: &Path, records: &[Record]) -> anyhow::Result<()> {
+pub fn compact<'a>(
+    data: &Path,
+    records: impl Iterator<Item = &'a Record> + Clone,
+) -> anyhow::Result<()> {
     let sp = snapshot_path(data);
-    save_json(data, &sp, records)
+    save_json(data, &sp, &Records(records))
         .map_err(|e| anyhow::anyhow!("cannot save {}: {e}", sp.display()))?;
     let jp = journal_path(data);
     OpenOptions::new()

@@ -195,16 +195,43 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, LedgerError> {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| err(format!("cannot create its directory: {e}")))?;
             }
-            let mut f = std::fs::OpenOptions::new()
+            // Written whole under a private name, then linked into place: a concurrent
+            // reader never sees a half-written key, and of two processes creating it at once
+            // one wins and the other reads the winner's.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+            let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(|e| err(format!("cannot create it: {e}")))?;
-            f.write_all(&seed)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| err(format!("cannot write it: {e}")))?;
-            Ok(SigningKey::from_bytes(&seed))
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&seed).and_then(|()| f.sync_all()));
+            if let Err(e) = written {
+                // Best effort: a leftover temporary file holds no key in use.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(format!("cannot create it: {e}")));
+            }
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    // The link itself made durable, before anything is signed with the key.
+                    if let Some(dir) = path.parent() {
+                        let dir = if dir.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            dir
+                        };
+                        std::fs::File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(|e| err(format!("cannot sync its directory: {e}")))?;
+                    }
+                    Ok(SigningKey::from_bytes(&seed))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+                Err(e) => Err(err(format!("cannot create it: {e}"))),
+            }
         }
         Err(e) => Err(err(format!("cannot read it: {e}"))),
     }

@@ -180,6 +180,28 @@ fn another_nodes_key_is_refused() {
     assert!(e.contains("not a 32-byte Ed25519 seed"), "{e}");
 }
 
+/// Processes started together (a script spawning agents in parallel) all create the key at
+/// once: every one gets the same whole key, none an error or a half-written file.
+#[test]
+fn a_key_created_by_many_at_once_is_one_key() {
+    for _ in 0..20 {
+        let d = Dir::new("keyrace");
+        let path = d.key();
+        let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| load_or_create_key(&path).map(|k| k.to_bytes())))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        assert_eq!(std::fs::read(&path).unwrap(), keys[0]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&d.0).unwrap().count(), 1);
+    }
+}
+
 #[test]
 fn accounts_round_trip_through_their_names() {
     for a in [

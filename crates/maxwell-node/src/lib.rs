@@ -98,8 +98,32 @@ pub enum NodeError {
     Auditor(String),
 }
 
+/// The slots by agent id, in a [`Dense`](maxwell_core::dense::Dense) array (ids count up from
+/// zero; a dead agent restored from the ledger has none): one `Slot` of memory per agent, where
+/// a map ordered by id held about twice that.
+#[derive(Default)]
+struct Slots(maxwell_core::dense::Dense<Option<Slot>>);
+
+impl Slots {
+    fn get(&self, id: &AgentId) -> Option<&Slot> {
+        self.0.get(id.0 as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: &AgentId) -> Option<&mut Slot> {
+        self.0.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    fn insert(&mut self, id: AgentId, slot: Slot) {
+        let i = id.0 as usize;
+        while self.0.len() <= i {
+            self.0.push(None);
+        }
+        self.0[i] = Some(slot);
+    }
+}
+
 struct Slot {
-    name: String,
+    name: std::sync::Arc<str>,
     agent: Box<dyn Agent>,
     running: bool,
     killed: bool,
@@ -206,7 +230,7 @@ pub struct Node {
     physics: Physics,
     sandbox: Box<dyn Sandbox>,
     ledger: Option<Ledger>,
-    slots: BTreeMap<AgentId, Slot>,
+    slots: Slots,
     /// Agents visited every tick: running, or frozen for less than two ticks (their last
     /// words are still drained), or new (their first usage is still to be read).
     active: BTreeSet<AgentId>,
@@ -215,7 +239,7 @@ pub struct Node {
     /// Running agents.
     running: BTreeSet<AgentId>,
     /// Names, for unique names without a scan.
-    names: HashMap<String, AgentId>,
+    names: HashMap<std::sync::Arc<str>, AgentId>,
     commands: Vec<Command>,
     pending: BTreeMap<ClaimId, PrimeClaim>,
     auditor: audit::Auditor,
@@ -239,7 +263,7 @@ impl Node {
             physics,
             sandbox,
             ledger,
-            slots: BTreeMap::new(),
+            slots: Slots::default(),
             active: BTreeSet::new(),
             polls: BTreeSet::new(),
             running: BTreeSet::new(),
@@ -265,7 +289,7 @@ impl Node {
         max_bid: Tokens,
         opening_bid: Tokens,
     ) -> Result<AgentId, NodeError> {
-        if self.names.contains_key(&spec.name) {
+        if self.names.contains_key(spec.name.as_str()) {
             return Err(NodeError::DuplicateName(spec.name.clone()));
         }
         let agent = self.sandbox.spawn(spec)?;
@@ -282,7 +306,7 @@ impl Node {
         opening_bid: Tokens,
     ) -> Result<AgentId, NodeError> {
         let name = agent.name().to_owned();
-        if self.names.contains_key(&name) {
+        if self.names.contains_key(name.as_str()) {
             agent.kill("refused: duplicate name");
             return Err(NodeError::DuplicateName(name));
         }
@@ -370,6 +394,8 @@ impl Node {
 
     /// A new agent's slot: visited from the next tick (its first usage is read then).
     fn insert_slot(&mut self, id: AgentId, name: String, agent: Box<dyn Agent>) {
+        // One copy of the name, shared by the index and the slot.
+        let name: std::sync::Arc<str> = name.into();
         self.names.insert(name.clone(), id);
         self.active.insert(id);
         let poll_frozen = agent.poll_while_frozen();
@@ -443,7 +469,7 @@ impl Node {
 
     /// An agent's name.
     pub fn name(&self, agent: AgentId) -> Option<&str> {
-        self.slots.get(&agent).map(|s| s.name.as_str())
+        self.slots.get(&agent).map(|s| &*s.name)
     }
 
     /// Every death so far.
@@ -644,7 +670,7 @@ impl Node {
                 self.work.release(id.0);
                 deaths.push(DeathReport {
                     agent: id,
-                    name: slot.name.clone(),
+                    name: slot.name.to_string(),
                     cause,
                     tick: outcome.tick,
                 });
@@ -807,7 +833,7 @@ impl Node {
                 && slot.running
             {
                 if let Err(e) = slot.agent.pause() {
-                    failed.push((slot.name.clone(), e));
+                    failed.push((slot.name.to_string(), e));
                 }
                 slot.running = false;
             }

@@ -315,7 +315,9 @@ pub const MAX_PENDING: usize = 256;
 
 #[derive(Debug, Default)]
 struct Pending {
-    bid: Option<Message>,
+    /// The latest bid (`Some(None)`: the bid was withdrawn), kept as a price rather than as a
+    /// `Message`, which is five times the size, in every agent's mailbox.
+    bid: Option<Option<Tokens>>,
     queue: VecDeque<Message>,
     dropped: u64,
     reported_drops: u64,
@@ -342,7 +344,8 @@ impl Mailbox {
             return;
         };
         match m {
-            Message::Bid { .. } | Message::CancelBid => p.bid = Some(m),
+            Message::Bid { price } => p.bid = Some(Some(price)),
+            Message::CancelBid => p.bid = Some(None),
             Message::Log(mut s) => {
                 if s.len() > MAX_LOG_LINE {
                     let mut cut = MAX_LOG_LINE;
@@ -367,7 +370,10 @@ impl Mailbox {
             out.push(Message::Dropped(p.dropped - p.reported_drops));
             p.reported_drops = p.dropped;
         }
-        out.extend(p.bid.take());
+        out.extend(p.bid.take().map(|b| match b {
+            Some(price) => Message::Bid { price },
+            None => Message::CancelBid,
+        }));
         out
     }
 
