@@ -337,16 +337,17 @@ impl Pool {
     /// Queues a runnable agent, making sure a worker will take it: the most recently idle one,
     /// woken, or a new one when none is idle; then tops the idle workers up to the spares.
     fn submit(&self, agent: Arc<Shared>) -> std::io::Result<()> {
-        let (needed, spares) = {
+        let (needed, spares, wake) = {
             let mut st = self.inner.lock();
             st.runnable.push_back(agent);
             let mut needed = 0;
+            let mut wake = None;
             let returning = self.inner.returning.load(Ordering::Acquire);
             if st.runnable.len() > st.coming + returning {
                 match st.idle.pop() {
                     Some(slot) => {
                         slot.woken.store(true, Ordering::Relaxed);
-                        slot.cv.notify_one();
+                        wake = Some(slot);
                     }
                     None => needed = 1,
                 }
@@ -356,8 +357,14 @@ impl Pool {
             let free = st.idle.len() + (st.coming + returning).saturating_sub(st.runnable.len());
             let spares = SPARE_WORKERS.saturating_sub(free);
             st.coming += spares;
-            (needed, spares)
+            (needed, spares, wake)
         };
+        // Woken after the pool's lock is released: a worker woken while it was held would
+        // wake only to wait for it (one more context switch on every resume). Its `woken` flag
+        // was set under the lock, and it is off the idle list, so the wake-up cannot be lost.
+        if let Some(slot) = wake {
+            slot.cv.notify_one();
+        }
         if needed + spares == 0 {
             return Ok(());
         }
