@@ -133,8 +133,11 @@ fn runs_agents(comm: &str) -> bool {
     comm == "maxwell-wasm" || comm.starts_with("wasm-")
 }
 
-/// Every thread of the daemon process: its id, whether it runs agents, its CPU time in ns.
-fn threads(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, (bool, u64)>> {
+/// Threads by id: whether each runs agents, and its CPU time in ns.
+type Threads = std::collections::BTreeMap<u64, (bool, u64)>;
+
+/// Every thread of the daemon process.
+fn threads(pid: u32) -> anyhow::Result<Threads> {
     let mut out = std::collections::BTreeMap::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = t?.path();
@@ -161,10 +164,7 @@ fn threads(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, (bool, u6
 /// agents' threads'. Each thread counts what it used in between (one started meanwhile, all
 /// it used); a thread that ended meanwhile is left out (summing totals instead made a pool
 /// thread that exited look like negative CPU).
-fn cpu_between(
-    before: &std::collections::BTreeMap<u64, (bool, u64)>,
-    after: &std::collections::BTreeMap<u64, (bool, u64)>,
-) -> (u64, u64) {
+fn cpu_between(before: &Threads, after: &Threads) -> (u64, u64) {
     let (mut own, mut agents) = (0u64, 0u64);
     for (tid, &(runs, ns)) in after {
         let used = ns.saturating_sub(before.get(tid).map_or(0, |b| b.1));

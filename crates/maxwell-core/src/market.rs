@@ -768,25 +768,32 @@ impl Market {
     /// `rent_settle_ticks`) that is its turn among `rent_settle_spread` (by id, so that a node
     /// with many agents posts a share of them on each posting tick).
     fn settles(&self, agent: AgentId, tick: u64) -> bool {
-        let every = u64::from(self.config.rent_settle_ticks.max(1));
-        let spread = u64::from(self.config.rent_settle_spread.max(1));
+        let (every, spread) = self.rent_cadence();
         tick.is_multiple_of(every) && (tick / every + u64::from(agent.0)).is_multiple_of(spread)
     }
 
     /// The first tick after `tick` that ends an agent's rent period (see [`Market::settles`]).
     fn next_settle(&self, agent: AgentId, tick: u64) -> u64 {
-        let every = u64::from(self.config.rent_settle_ticks.max(1));
-        let spread = u64::from(self.config.rent_settle_spread.max(1));
+        let (every, spread) = self.rent_cadence();
         let k0 = (tick + 1).div_ceil(every);
         let k = k0 + (spread - (k0 + u64::from(agent.0) % spread) % spread) % spread;
         k * every
     }
 
+    /// Ticks between two posting ticks, and posting ticks between two postings of one
+    /// agent's rent (each at least 1).
+    fn rent_cadence(&self) -> (u64, u64) {
+        (
+            u64::from(self.config.rent_settle_ticks.max(1)),
+            u64::from(self.config.rent_settle_spread.max(1)),
+        )
+    }
+
     /// Ticks between two postings of one agent's rent.
     #[cfg(test)]
     fn rent_period(&self) -> u64 {
-        u64::from(self.config.rent_settle_ticks.max(1))
-            * u64::from(self.config.rent_settle_spread.max(1))
+        let (every, spread) = self.rent_cadence();
+        every * spread
     }
 
     /// Sets the tick by which an alive agent must be looked at again even if nothing touches
@@ -1796,8 +1803,7 @@ impl Market {
         }
         self.income_rate = ewma(self.income_rate, income);
         self.work_rate = ewma(self.work_rate, claimed_units);
-        let period = u64::from(self.config.rent_settle_ticks.max(1));
-        if self.tick.is_multiple_of(period) {
+        if self.tick.is_multiple_of(self.rent_cadence().0) {
             let due = std::mem::take(&mut self.grant_due);
             if due > Tokens::ZERO {
                 let t = Transfer {
