@@ -341,9 +341,33 @@ pub struct AgentStats {
     pub spent: Spending,
 }
 
+/// An agent's [`Life`], boxed once it is not alive: the many alive agents hold 8 bytes, not
+/// the 48 of a `Life` with its cause.
+#[derive(Debug, Clone, Default)]
+struct LifeCell(Option<Box<Life>>);
+
+static ALIVE: Life = Life::Alive;
+
+impl LifeCell {
+    fn of(life: Life) -> LifeCell {
+        match life {
+            Life::Alive => LifeCell(None),
+            other => LifeCell(Some(Box::new(other))),
+        }
+    }
+
+    fn get(&self) -> &Life {
+        self.0.as_deref().unwrap_or(&ALIVE)
+    }
+
+    fn set(&mut self, life: Life) {
+        *self = LifeCell::of(life);
+    }
+}
+
 #[derive(Debug, Clone)]
 struct AgentState {
-    life: Life,
+    life: LifeCell,
     /// Rent accrued through tick `rent_since` and not yet posted. Rent accrues lazily: what
     /// is owed at tick `t` is `rent_due + rent_rate * (t - rent_since)` ([`Market::due`]), so
     /// no tick walks every agent to add a quantum's rent.
@@ -660,11 +684,11 @@ impl Market {
             .enumerate()
             .map(|(i, &max_bid)| AgentState {
                 life: match dead.get(&AgentId(i as u32)) {
-                    Some((at_tick, cause)) => Life::Dead {
+                    Some((at_tick, cause)) => LifeCell::of(Life::Dead {
                         at_tick: *at_tick,
                         cause: cause.clone(),
-                    },
-                    None => Life::Alive,
+                    }),
+                    None => LifeCell::default(),
                 },
                 rent_due: Tokens::ZERO,
                 rent_rate: 0,
@@ -687,10 +711,10 @@ impl Market {
         // first tick that funds an agent) would be unreachable; keep them as dead agents.
         while m.agents.len() < books.n_agents() {
             m.agents.push(AgentState {
-                life: Life::Dead {
+                life: LifeCell::of(Life::Dead {
                     at_tick: tick,
                     cause: Cause::Owner,
-                },
+                }),
                 rent_due: Tokens::ZERO,
                 rent_rate: 0,
                 rent_since: tick,
@@ -711,7 +735,7 @@ impl Market {
         m.n_dead = m
             .agents
             .iter()
-            .filter(|a| matches!(a.life, Life::Dead { .. }))
+            .filter(|a| matches!(a.life.get(), Life::Dead { .. }))
             .count();
         m.bid_seq = m.agents.len() as u64;
         m.books = books;
@@ -719,7 +743,7 @@ impl Market {
         // Every living agent is looked at in the first tick (one may be insolvent already).
         m.touched = (0..m.agents.len() as u32)
             .map(AgentId)
-            .filter(|&id| matches!(m.agents[id.0 as usize].life, Life::Alive))
+            .filter(|&id| matches!(m.agents[id.0 as usize].life.get(), Life::Alive))
             .collect();
         m.check_conservation()
             .map_err(|_| MarketConfigError::Restore)?;
@@ -739,7 +763,7 @@ impl Market {
 
     /// The rent an agent owes now (accrued through the current tick).
     fn due(&self, a: &AgentState) -> Tokens {
-        if !matches!(a.life, Life::Alive) {
+        if !matches!(a.life.get(), Life::Alive) {
             return a.rent_due;
         }
         let ticks = self.tick.saturating_sub(a.rent_since);
@@ -807,7 +831,7 @@ impl Market {
             self.wakes.remove(&(w, agent));
         }
         let a = &self.agents[idx];
-        if !matches!(a.life, Life::Alive) {
+        if !matches!(a.life.get(), Life::Alive) {
             return;
         }
         let due = self.due(a).0;
@@ -860,7 +884,7 @@ impl Market {
         }
         let a = &self.agents[idx];
         if self.config.retrial_ticks == 0
-            || !matches!(a.life, Life::Alive)
+            || !matches!(a.life.get(), Life::Alive)
             || a.requested.is_none_or(|r| r == Tokens::ZERO)
         {
             return;
@@ -882,7 +906,7 @@ impl Market {
         let id = self.books.open_agent();
         self.bid_seq += 1;
         self.agents.push(AgentState {
-            life: Life::Alive,
+            life: LifeCell::default(),
             rent_due: Tokens::ZERO,
             rent_rate: 0,
             rent_since: self.tick,
@@ -947,7 +971,7 @@ impl Market {
 
     /// Where an agent is in its life.
     pub fn life(&self, agent: AgentId) -> Option<&Life> {
-        self.agents.get(agent.0 as usize).map(|a| &a.life)
+        self.agents.get(agent.0 as usize).map(|a| a.life.get())
     }
 
     /// An agent's running totals.
@@ -987,7 +1011,7 @@ impl Market {
     }
 
     fn alive(&self, agent: AgentId) -> Result<(), Refusal> {
-        match self.state(agent)?.life {
+        match self.state(agent)?.life.get() {
             Life::Alive => Ok(()),
             _ => Err(Refusal::NotAlive(agent.0)),
         }
@@ -1298,10 +1322,10 @@ impl Market {
         self.fold(agent, self.tick);
         let a = &mut self.agents[agent.0 as usize];
         a.requested = None;
-        a.life = Life::Dying {
+        a.life.set(Life::Dying {
             since_tick: self.tick,
             cause,
-        };
+        });
         self.dying.insert(agent);
         self.schedule(agent);
         self.schedule_retrial(agent);
@@ -1384,7 +1408,8 @@ impl Market {
             Command::SettleRent => {
                 for i in 0..self.agents.len() {
                     let agent = AgentId(i as u32);
-                    if matches!(self.agents[i].life, Life::Alive) && self.due(&self.agents[i]).0 > 0
+                    if matches!(self.agents[i].life.get(), Life::Alive)
+                        && self.due(&self.agents[i]).0 > 0
                     {
                         self.settle_rent(batch, agent);
                         self.touched.insert(agent);
@@ -1440,7 +1465,7 @@ impl Market {
             .filter(|u| {
                 self.agents
                     .get(u.agent.0 as usize)
-                    .is_some_and(|a| !matches!(a.life, Life::Dead { .. }))
+                    .is_some_and(|a| !matches!(a.life.get(), Life::Dead { .. }))
             })
             .map(|u| (u.agent, u.cpu))
             .collect();
@@ -1465,7 +1490,7 @@ impl Market {
                 ));
                 continue;
             };
-            if !matches!(a.life, Life::Alive) {
+            if !matches!(a.life.get(), Life::Alive) {
                 continue;
             }
             a.stats.erased = Bytes(a.stats.erased.0.saturating_add(u.erased.0));
@@ -1512,7 +1537,7 @@ impl Market {
                 .agents
                 .iter()
                 .enumerate()
-                .filter(|(_, a)| matches!(a.life, Life::Alive))
+                .filter(|(_, a)| matches!(a.life.get(), Life::Alive))
                 .map(|(i, a)| (AgentId(i as u32), a.resident.0))
                 .collect();
             let idle_shares = split(input.energy_idle.0.min(input.energy.0), &living);
@@ -1523,7 +1548,7 @@ impl Market {
             }
         }
         for &agent in &looked {
-            if !matches!(self.agents[agent.0 as usize].life, Life::Alive) {
+            if !matches!(self.agents[agent.0 as usize].life.get(), Life::Alive) {
                 continue;
             }
             self.fold(agent, self.tick);
@@ -1551,7 +1576,7 @@ impl Market {
             if v.passed {
                 a.stats.audits_passed += 1;
                 // The bounty of an audited claim was held until now.
-                if !matches!(a.life, Life::Dead { .. }) {
+                if !matches!(a.life.get(), Life::Dead { .. }) {
                     self.pay_bounty(&mut batch, p.agent, p.nominal_bounty);
                 }
                 continue;
@@ -1560,7 +1585,7 @@ impl Market {
             a.stats.work_refuted = a.stats.work_refuted.saturating_add(p.units);
             a.on_probation = true;
             let fine = audit_fine(p.nominal_bounty, p.audit_ppm);
-            match a.life {
+            match a.life.get() {
                 Life::Alive => {
                     self.charge(&mut batch, &mut dying, p.agent, fine, TransferKind::Fine);
                 }
@@ -1640,7 +1665,7 @@ impl Market {
             let floor = grid.cost(self.config.slot_power.over(quantum));
             for &agent in &looked {
                 let a = &self.agents[agent.0 as usize];
-                if !matches!(a.life, Life::Alive) {
+                if !matches!(a.life.get(), Life::Alive) {
                     continue;
                 }
                 let balance = self.balance(agent).unwrap_or(Tokens::ZERO);
@@ -1668,7 +1693,7 @@ impl Market {
         for id in dying_now {
             let idx = id.0 as usize;
             let a = &mut self.agents[idx];
-            if let Life::Dying { since_tick, cause } = &a.life
+            if let Life::Dying { since_tick, cause } = a.life.get()
                 && self.tick >= since_tick.saturating_add(u64::from(self.config.grace_ticks))
             {
                 self.dying.remove(&id);
@@ -1679,10 +1704,10 @@ impl Market {
                     cause: cause.clone(),
                 });
                 deaths.push(AgentId(idx as u32));
-                a.life = Life::Dead {
+                a.life.set(Life::Dead {
                     at_tick: self.tick,
                     cause,
-                };
+                });
                 a.resident = Bytes(0);
             }
         }
@@ -1711,7 +1736,7 @@ impl Market {
             let agents = &self.agents;
             self.trying.retain(|id| {
                 let a = &agents[id.0 as usize];
-                matches!(a.life, Life::Alive) && a.stats.quanta_won < a.trial_until
+                matches!(a.life.get(), Life::Alive) && a.stats.quanta_won < a.trial_until
             });
         }
 

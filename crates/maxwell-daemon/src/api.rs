@@ -26,7 +26,7 @@ use maxwell_core::market::Spending;
 use maxwell_core::{Bytes, Tokens};
 
 /// What to run. Exactly one of `builtin`, `wasm` and `native`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgramRef {
     /// A built-in WASM agent: `scientist`, `leech`, `squatter`, `liar` or `idle`.

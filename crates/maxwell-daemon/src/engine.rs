@@ -378,6 +378,8 @@ pub struct Engine {
     names: HashMap<Arc<str>, AgentId>,
     /// Owners' keys, one shared string each.
     owners: HashSet<Arc<str>>,
+    /// Programs, one shared copy of each distinct one (10,000 agents of one built-in hold one).
+    programs: HashSet<Arc<ProgramRef>>,
     /// Names of spawns waiting for the journal.
     reserved: HashSet<Arc<str>>,
     /// Ops accepted this tick or while a batch was in flight, their lines not yet handed to
@@ -464,12 +466,16 @@ enum FundingReply {
     Agent(Reply<AgentView>),
 }
 
-/// The shared copy of `s` in `set`, added if new.
-fn intern(set: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
-    if let Some(a) = set.get(s) {
+/// The shared copy of `v` in `set`, added (as `make` makes it) if new.
+fn intern<T: ?Sized + Eq + std::hash::Hash>(
+    set: &mut HashSet<Arc<T>>,
+    v: &T,
+    make: impl FnOnce(&T) -> Arc<T>,
+) -> Arc<T> {
+    if let Some(a) = set.get(v) {
         return a.clone();
     }
-    let a: Arc<str> = Arc::from(s);
+    let a = make(v);
     set.insert(a.clone());
     a
 }
@@ -495,8 +501,10 @@ impl Engine {
     ) -> Engine {
         let mut roster = roster;
         let mut owners: HashSet<Arc<str>> = HashSet::new();
+        let mut programs: HashSet<Arc<ProgramRef>> = HashSet::new();
         for r in &mut roster {
-            r.owner = intern(&mut owners, &r.owner);
+            r.owner = intern(&mut owners, &r.owner, |s| Arc::from(s));
+            r.program = intern(&mut programs, &r.program, |p| Arc::new(p.clone()));
         }
         let names = roster
             .iter()
@@ -519,6 +527,7 @@ impl Engine {
             journal: Some(journal),
             names,
             owners,
+            programs,
             reserved: HashSet::new(),
             queued: Vec::new(),
             in_flight: None,
@@ -1053,8 +1062,8 @@ impl Engine {
         Ok((
             Record {
                 name: Arc::from(req.name.as_str()),
-                program: req.program.clone(),
-                owner: intern(&mut self.owners, &req.owner),
+                program: intern(&mut self.programs, &req.program, |p| Arc::new(p.clone())),
+                owner: intern(&mut self.owners, &req.owner, |s| Arc::from(s)),
                 max_bid,
                 opening_bid: opening,
                 memory_max,

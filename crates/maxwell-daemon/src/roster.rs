@@ -31,8 +31,9 @@ pub struct Record {
     /// Name.
     #[serde(with = "arc_str")]
     pub name: Arc<str>,
-    /// Program.
-    pub program: ProgramRef,
+    /// Program, shared between the agents that run the same one.
+    #[serde(with = "arc_program")]
+    pub program: Arc<ProgramRef>,
     /// Owner's public key.
     #[serde(with = "arc_str")]
     pub owner: Arc<str>,
@@ -61,6 +62,23 @@ mod arc_str {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
         String::deserialize(d).map(Arc::from)
+    }
+}
+
+/// A shared program, saved as the plain program.
+mod arc_program {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::api::ProgramRef;
+
+    pub fn serialize<S: Serializer>(v: &Arc<ProgramRef>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ProgramRef>, D::Error> {
+        ProgramRef::deserialize(d).map(Arc::new)
     }
 }
 
@@ -501,10 +519,10 @@ mod tests {
     fn rec(name: &str, nonce: u64) -> Record {
         Record {
             name: name.into(),
-            program: ProgramRef {
+            program: Arc::new(ProgramRef {
                 builtin: Some("idle".into()),
                 ..ProgramRef::default()
-            },
+            }),
             owner: "ab".repeat(32).into(),
             max_bid: Tokens(5),
             opening_bid: Tokens(1),

@@ -131,12 +131,21 @@ impl Ticker {
 
     fn want(&self, on: bool) {
         let (count, cv) = &*self.demand;
-        let mut g = count.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            *g += 1;
+        let wake = {
+            let mut g = count.lock().unwrap_or_else(|p| p.into_inner());
+            if on {
+                *g += 1;
+                *g == 1
+            } else {
+                *g = g.saturating_sub(1);
+                false
+            }
+        };
+        // Only the first agent to want the epoch wakes the ticker (it waits only while none
+        // does), and after the lock is released: woken under it, it would wake only to wait
+        // for it, and every resume paid a futex wake whether or not the ticker slept.
+        if wake {
             cv.notify_all();
-        } else {
-            *g = g.saturating_sub(1);
         }
     }
 }
@@ -169,6 +178,16 @@ struct Compiled {
     pre: InstancePre<Host>,
     /// Bytes of linear memory the module declares.
     declared: u64,
+    /// How its stores run, as the sandbox is configured (the cache is the sandbox's own):
+    /// interrupted by the epoch, and yielding every this much fuel.
+    epoch: bool,
+    fuel_yield_interval: Option<u64>,
+}
+
+impl Compiled {
+    fn engine(&self) -> &Engine {
+        self.pre.module().engine()
+    }
 }
 
 const WANT_RUN: u8 = 0;
@@ -187,22 +206,18 @@ enum Is {
 /// An agent's future: instantiate, then call `run`.
 type Life = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
 
-/// What an agent needs to start, kept until its first poll.
+/// What an agent needs to start beyond its [`Shared`], kept until its first poll (a frozen
+/// agent that never ran is no more than this and its `Shared`).
 struct Unborn {
-    engine: Engine,
-    module: Arc<Compiled>,
-    mailbox: Arc<Mailbox>,
     /// Linear memory cap, bytes.
     cap: usize,
     /// The erasure sampler's secret seed.
     seed: u64,
-    epoch: bool,
-    fuel_yield_interval: Option<u64>,
 }
 
 enum Task {
     /// Never polled: no store yet.
-    Unborn(Box<Unborn>),
+    Unborn(Unborn),
     /// Parked between polls.
     Born(Life),
     /// With the worker that polls it, or dropped.
@@ -219,7 +234,13 @@ struct Cell {
     task: Task,
 }
 
+/// One agent's state shared by its handle, its worker and its store: one allocation per agent,
+/// its mailbox within.
 struct Shared {
+    name: Box<str>,
+    /// Its module; keeps it in the sandbox's cache while the agent lives.
+    module: Arc<Compiled>,
+    mailbox: Mailbox,
     want: AtomicU8,
     /// Set once the agent has ended (`cell` then holds its exit): read without the lock.
     done: AtomicBool,
@@ -461,7 +482,7 @@ fn run(shared: &Arc<Shared>, cx: &mut Context<'_>, pool: &PoolInner) -> bool {
     };
     let mut life: Life = match task {
         Task::Born(life) => life,
-        Task::Unborn(unborn) => Box::pin(live(*unborn, shared.clone())),
+        Task::Unborn(unborn) => Box::pin(live(unborn, shared.clone())),
         Task::Out => {
             shared.finish(Exit {
                 reason: ExitReason::Crashed,
@@ -543,7 +564,7 @@ fn exit_of(shared: &Shared, result: wasmtime::Result<()>) -> Exit {
 /// An agent's whole life, from its first poll: its store, instantiation and `run`.
 async fn live(unborn: Unborn, shared: Arc<Shared>) -> wasmtime::Result<()> {
     let mut store = new_store(&unborn, &shared)?;
-    let instance = unborn.module.pre.instantiate_async(&mut store).await?;
+    let instance = shared.module.pre.instantiate_async(&mut store).await?;
     let memory = instance.get_memory(&mut store, "memory");
     store.data_mut().memory = memory;
     let run = instance.get_typed_func::<(), ()>(&mut store, "run")?;
@@ -553,10 +574,10 @@ async fn live(unborn: Unborn, shared: Arc<Shared>) -> wasmtime::Result<()> {
 }
 
 fn new_store(u: &Unborn, shared: &Arc<Shared>) -> wasmtime::Result<Store<Host>> {
+    let module = &shared.module;
     let mut store = Store::new(
-        &u.engine,
+        module.engine(),
         Host {
-            mailbox: u.mailbox.clone(),
             shared: shared.clone(),
             limiter: Limiter {
                 cap: u.cap,
@@ -568,7 +589,7 @@ fn new_store(u: &Unborn, shared: &Arc<Shared>) -> wasmtime::Result<Store<Host>> 
         },
     );
     store.limiter(|h| &mut h.limiter);
-    if u.epoch {
+    if module.epoch {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let host = ctx.data_mut();
@@ -584,7 +605,7 @@ fn new_store(u: &Unborn, shared: &Arc<Shared>) -> wasmtime::Result<Store<Host>> 
             }
         });
     }
-    if let Some(interval) = u.fuel_yield_interval {
+    if let Some(interval) = module.fuel_yield_interval {
         let fuel = |e: wasmtime::Error| wasmtime::format_err!("fuel: {e:#}");
         store.set_fuel(u64::MAX).map_err(fuel)?;
         store
@@ -642,7 +663,6 @@ impl ResourceLimiter for Limiter {
 
 /// A store's data.
 struct Host {
-    mailbox: Arc<Mailbox>,
     shared: Arc<Shared>,
     limiter: Limiter,
     memory: Option<Memory>,
@@ -702,14 +722,14 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
             "bid",
             |caller: Caller<'_, Host>, price: i64| -> wasmtime::Result<()> {
                 let price = tokens(&caller, "bid", price)?;
-                caller.data().mailbox.post(Message::Bid { price });
+                caller.data().shared.mailbox.post(Message::Bid { price });
                 Ok(())
             },
         )
         .map_err(wrap)?;
     linker
         .func_wrap("maxwell", "cancel_bid", |caller: Caller<'_, Host>| {
-            caller.data().mailbox.post(Message::CancelBid);
+            caller.data().shared.mailbox.post(Message::CancelBid);
         })
         .map_err(wrap)?;
     linker
@@ -732,29 +752,46 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
                         format!("claim: negative field in ({start}, {end}, {count})"),
                     ));
                 };
-                caller.data().mailbox.post(Message::Claim(PrimeClaim {
-                    start,
-                    end,
-                    count,
-                    digest: digest as u64,
-                }));
+                caller
+                    .data()
+                    .shared
+                    .mailbox
+                    .post(Message::Claim(PrimeClaim {
+                        start,
+                        end,
+                        count,
+                        digest: digest as u64,
+                    }));
                 Ok(())
             },
         )
         .map_err(wrap)?;
     linker
         .func_wrap("maxwell", "balance", |caller: Caller<'_, Host>| -> i64 {
-            caller.data().mailbox.balance().0.min(i64::MAX as u64) as i64
+            caller
+                .data()
+                .shared
+                .mailbox
+                .balance()
+                .0
+                .min(i64::MAX as u64) as i64
         })
         .map_err(wrap)?;
     linker
         .func_wrap("maxwell", "income", |caller: Caller<'_, Host>| -> i64 {
-            caller.data().mailbox.income().0.0.min(i64::MAX as u64) as i64
+            caller
+                .data()
+                .shared
+                .mailbox
+                .income()
+                .0
+                .0
+                .min(i64::MAX as u64) as i64
         })
         .map_err(wrap)?;
     linker
         .func_wrap("maxwell", "quanta", |caller: Caller<'_, Host>| -> i64 {
-            caller.data().mailbox.income().1.min(i64::MAX as u64) as i64
+            caller.data().shared.mailbox.income().1.min(i64::MAX as u64) as i64
         })
         .map_err(wrap)?;
     linker
@@ -762,7 +799,7 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
             // The start of the next range leased to this agent (its end is the start plus
             // maxwell_core::work::RANGE), or -1 when none is queued yet: the host tops up every
             // quantum, so the agent waits a millisecond here (not spinning) and asks again.
-            match caller.data().mailbox.take_work() {
+            match caller.data().shared.mailbox.take_work() {
                 Some((start, _)) => start.min(i64::MAX as u64) as i64,
                 None => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -773,7 +810,7 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
         .map_err(wrap)?;
     linker
         .func_wrap("maxwell", "price", |caller: Caller<'_, Host>| -> i64 {
-            caller.data().mailbox.price().0.min(i64::MAX as u64) as i64
+            caller.data().shared.mailbox.price().0.min(i64::MAX as u64) as i64
         })
         .map_err(wrap)?;
     linker
@@ -802,7 +839,7 @@ fn link(engine: &Engine) -> Result<Linker<Host>, SandboxError> {
                 // Only the first MAX_LOG_LINE bytes are read; the mailbox cuts on a char boundary.
                 let cut = &bytes[..bytes.len().min(crate::MAX_LOG_LINE + 4)];
                 let text = String::from_utf8_lossy(cut).into_owned();
-                caller.data().mailbox.post(Message::Log(text));
+                caller.data().shared.mailbox.post(Message::Log(text));
                 Ok(())
             },
         )
@@ -872,7 +909,12 @@ impl WasmSandbox {
             .filter_map(|e| e.ty().memory().map(|m| m.minimum()))
             .sum::<u64>()
             .saturating_mul(65_536);
-        let compiled = Arc::new(Compiled { pre, declared });
+        let compiled = Arc::new(Compiled {
+            pre,
+            declared,
+            epoch: self.config.epoch,
+            fuel_yield_interval: self.config.fuel_yield_interval,
+        });
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules.retain(|_, m| m.strong_count() > 0);
         modules.insert(module.to_vec(), Arc::downgrade(&compiled));
@@ -926,46 +968,39 @@ impl Sandbox for WasmSandbox {
             "runs modules that make no syscalls (their only imports are Maxwell's)",
         )?;
         let compiled = self.compiled(module)?;
-        let mailbox = Arc::new(Mailbox::default());
         let seed = self
             .seed
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         // The store is made at the first poll (`live`): until then the agent is only this.
         let unborn = Unborn {
-            engine: self.engine.clone(),
-            module: compiled.clone(),
-            mailbox: mailbox.clone(),
             cap: spec.limits.memory_max.0 as usize,
             seed,
-            epoch: self.config.epoch,
-            fuel_yield_interval: self.config.fuel_yield_interval,
         };
+        let resident = compiled.declared;
         let shared = Arc::new(Shared {
+            name: spec.name.as_str().into(),
+            module: compiled,
+            mailbox: Mailbox::default(),
             want: AtomicU8::new(WANT_PAUSE),
             done: AtomicBool::new(false),
             cell: Mutex::new(Cell {
                 is: Is::Parked,
                 exit: None,
                 queued: false,
-                task: Task::Unborn(Box::new(unborn)),
+                task: Task::Unborn(unborn),
             }),
             cv: Condvar::new(),
             cpu_ns: AtomicU64::new(0),
             poll_base: AtomicU64::new(0),
             poll_start: AtomicU64::new(0),
-            resident: AtomicU64::new(compiled.declared),
+            resident: AtomicU64::new(resident),
             erased: AtomicU64::new(0),
             cause: Mutex::new(None),
         });
         Ok(Box::new(WasmAgent {
-            name: spec.name.clone(),
-            engine: self.engine.clone(),
-            epoch: self.config.epoch,
             _ticker: self.ticker.clone(),
             pool: self.pool.clone(),
-            _module: compiled,
             shared,
-            mailbox,
             last_cpu: 0,
             ticking: false,
         }))
@@ -975,16 +1010,13 @@ impl Sandbox for WasmSandbox {
 use wasmtime::AsContextMut;
 
 /// One WASM agent.
+///
+/// A frozen agent that never ran costs its handle (this), one [`Shared`] and its row in the
+/// node: the engine, pool, ticker and module are the sandbox's, shared by reference.
 pub struct WasmAgent {
-    name: String,
-    engine: Engine,
-    epoch: bool,
     _ticker: Option<Arc<Ticker>>,
     pool: Arc<Pool>,
-    /// Keeps the compiled module in the sandbox's cache while the agent lives.
-    _module: Arc<Compiled>,
     shared: Arc<Shared>,
-    mailbox: Arc<Mailbox>,
     last_cpu: u64,
     /// Counted in the ticker's demand (it wants to run).
     ticking: bool,
@@ -1019,7 +1051,7 @@ impl WasmAgent {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(SandboxError::Timeout {
-                    name: self.name.clone(),
+                    name: self.shared.name.to_string(),
                     what,
                 });
             }
@@ -1035,7 +1067,7 @@ impl WasmAgent {
 
     fn stop(&mut self, reason: &str) -> Exit {
         self.shared.want.store(WANT_STOP, Ordering::Release);
-        self.engine.increment_epoch();
+        self.shared.module.engine().increment_epoch();
         // A parked agent is ended here: its future (and store, if it has one) is dropped on
         // this thread, outside the lock. A running one ends on its worker, at its next epoch
         // deadline (the callback sees the stop) or yield.
@@ -1084,17 +1116,16 @@ impl WasmAgent {
 
 impl Agent for WasmAgent {
     fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     fn resume(&mut self) -> Result<(), SandboxError> {
         if let Some(exit) = self.exited() {
             return Err(SandboxError::Exited {
-                name: self.name.clone(),
+                name: self.shared.name.to_string(),
                 detail: exit.detail,
             });
         }
-        self.ticking(true);
         // `want` first, then the lock: a worker parking the agent reads `want` under the lock,
         // so either it sees this resume and keeps polling, or the agent is parked by the time
         // the lock is taken here and is queued again.
@@ -1114,12 +1145,15 @@ impl Agent for WasmAgent {
                 return Err(SandboxError::io(
                     format!(
                         "resuming agent {}: starting a wasm worker thread",
-                        self.name
+                        self.shared.name
                     ),
                     e,
                 ));
             }
         }
+        // The epoch after the agent is on its way: its worker is woken first, and the epoch
+        // is needed only to preempt it a quantum later.
+        self.ticking(true);
         Ok(())
     }
 
@@ -1129,7 +1163,7 @@ impl Agent for WasmAgent {
         }
         self.shared.want.store(WANT_PAUSE, Ordering::Release);
         self.ticking(false);
-        if !self.epoch {
+        if !self.shared.module.epoch {
             return self.wait_for("pause", |is| is != Is::Running);
         }
         // Bring every store's deadline forward: this agent yields within microseconds; the
@@ -1145,11 +1179,11 @@ impl Agent for WasmAgent {
             }
             if Instant::now() >= deadline {
                 return Err(SandboxError::Timeout {
-                    name: self.name.clone(),
+                    name: self.shared.name.to_string(),
                     what: "pause",
                 });
             }
-            self.engine.increment_epoch();
+            self.shared.module.engine().increment_epoch();
             g = self
                 .shared
                 .cv
@@ -1179,7 +1213,7 @@ impl Agent for WasmAgent {
     }
 
     fn mailbox(&self) -> &Mailbox {
-        &self.mailbox
+        &self.shared.mailbox
     }
 
     /// A paused agent's future is not polled: it uses no CPU, posts nothing and cannot end,

@@ -402,7 +402,7 @@ fn check_by_scan(m: &Market) -> Result<(), TestCaseError> {
     let mut alive = 0;
     for (i, a) in m.agents.iter().enumerate() {
         let id = AgentId(i as u32);
-        if !matches!(a.life, Life::Alive) {
+        if !matches!(a.life.get(), Life::Alive) {
             continue;
         }
         alive += 1;
