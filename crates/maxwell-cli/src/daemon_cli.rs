@@ -485,6 +485,96 @@ pub(crate) fn market(a: &MarketArgs) -> anyhow::Result<Exit> {
     })
 }
 
+/// `maxwell cluster`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Every node as this daemon sees it: alive or dead, temperature, headroom, power, reserve
+    /// and clearing price, free slots, agents, and how old its last verified report is.
+    Status(MarketArgs),
+}
+
+/// `maxwell cluster status`.
+pub(crate) fn cluster_status(a: &MarketArgs) -> anyhow::Result<Exit> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let v: maxwell_cluster::ClusterView = a
+            .client
+            .client()
+            .call("GET", "/v1/cluster", None::<&()>)
+            .await?;
+        if a.json {
+            write_out(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+            return Ok(Exit::Success);
+        }
+        write_out(&cluster_table(&v))?;
+        Ok(Exit::Success)
+    })
+}
+
+/// The cluster as a table, one node a line (also what `maxwell top` shows of it).
+pub(crate) fn cluster_table(v: &maxwell_cluster::ClusterView) -> String {
+    let live = v.nodes.iter().filter(|n| n.live).count();
+    let mut s = format!(
+        "cluster {}  seen from {}  {} of {} nodes alive  {} reports refused\n\
+         {:<12} {:<5} {:>7} {:>9} {:>7} {:>10} {:>10} {:>5} {:>7} {:>8}  {}\n",
+        v.cluster,
+        v.node,
+        live,
+        v.nodes.len(),
+        v.refused_reports,
+        "node",
+        "state",
+        "temp C",
+        "headroom",
+        "W",
+        "reserve J",
+        "price J",
+        "free",
+        "agents",
+        "age ms",
+        "address"
+    );
+    for n in &v.nodes {
+        let state = if n.me {
+            "self"
+        } else if n.live {
+            "alive"
+        } else {
+            "dead"
+        };
+        match &n.report {
+            Some(r) => s.push_str(&format!(
+                "{:<12} {:<5} {:>7.1} {:>9.1} {:>7.1} {:>10.3} {:>10.3} {:>5} {:>7} {:>8}  {}\n",
+                n.node,
+                state,
+                r.temperature_c,
+                r.headroom_c,
+                r.power_w,
+                r.reserve as f64 / 1e6,
+                r.clearing as f64 / 1e6,
+                r.free_slots,
+                r.agents,
+                n.report_age_ms.unwrap_or(0),
+                n.addr
+            )),
+            None => s.push_str(&format!(
+                "{:<12} {:<5} (no verified report yet)  {}\n",
+                n.node, state, n.addr
+            )),
+        }
+        if let Some(why) = &n.refused {
+            s.push_str(&format!("  refused: {why}\n"));
+        }
+    }
+    if !v.strangers.is_empty() {
+        s.push_str(&format!(
+            "ignored (not on [cluster.peers]): {}\n",
+            v.strangers.join(", ")
+        ));
+    }
+    s
+}
+
 /// `maxwell events`.
 pub(crate) fn events(a: &EventsArgs) -> anyhow::Result<Exit> {
     let rt = runtime()?;

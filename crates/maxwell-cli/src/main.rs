@@ -91,6 +91,9 @@ enum Command {
     Bounty(daemon_cli::BountyCommand),
     /// The daemon's market: price, supply, reserve, top of the book, temperature, power.
     Market(daemon_cli::MarketArgs),
+    /// The cluster this daemon is in: its nodes, their liveness, heat, prices and agents.
+    #[command(subcommand)]
+    Cluster(daemon_cli::ClusterCommand),
     /// The live dashboard: market, heat, wallets, agents and events of a running daemon.
     Top(top::TopArgs),
     /// Follow the daemon's events (clearings, deaths, audits, slashes) as JSON lines.
@@ -239,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Wallet(c) => daemon_cli::wallet(&c),
         Command::Bounty(c) => daemon_cli::bounty(&c),
         Command::Market(a) => daemon_cli::market(&a),
+        Command::Cluster(daemon_cli::ClusterCommand::Status(a)) => daemon_cli::cluster_status(&a),
         Command::Events(a) => daemon_cli::events(&a),
         Command::Top(a) => top::top(&a),
     }

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::Transport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
@@ -107,7 +107,7 @@ pub struct NodeReport {
     pub headroom_c: f64,
     /// Power draw, watts.
     pub power_w: f64,
-    /// Reserve price per slot, in token units (nano-JOULE).
+    /// Reserve price per slot, in token units (micro-JOULE).
     pub reserve: u64,
     /// Last clearing price per slot, in token units.
     pub clearing: u64,
@@ -156,15 +156,21 @@ pub fn seal(report: &NodeReport, key: &SigningKey) -> String {
 
 /// Checks a wire value gossiped under `node` against `key`, and that it names `node` and
 /// `cluster`; the report, or why it is refused.
-pub fn open(value: &str, node: &str, cluster: &str, key: &VerifyingKey) -> Result<NodeReport, String> {
+pub fn open(
+    value: &str,
+    node: &str,
+    cluster: &str,
+    key: &VerifyingKey,
+) -> Result<NodeReport, String> {
     let env: Envelope =
         serde_json::from_str(value).map_err(|e| format!("not a signed report: {e}"))?;
     let sig = unhex(&env.s)
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .map(|b| Signature::from_bytes(&b))
         .ok_or("the signature is not 128 hex digits")?;
-    key.verify(env.r.as_bytes(), &sig)
-        .map_err(|_| format!("the signature does not check against {node}'s key on the allow-list"))?;
+    key.verify(env.r.as_bytes(), &sig).map_err(|_| {
+        format!("the signature does not check against {node}'s key on the allow-list")
+    })?;
     let report: NodeReport =
         serde_json::from_str(&env.r).map_err(|e| format!("signed, but not a report: {e}"))?;
     if report.node != node {
@@ -183,7 +189,7 @@ pub fn open(value: &str, node: &str, cluster: &str, key: &VerifyingKey) -> Resul
 }
 
 /// One node as this node sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
     /// Its name.
     pub node: String,
@@ -195,14 +201,14 @@ pub struct PeerView {
     pub me: bool,
     /// Its last verified report.
     pub report: Option<NodeReport>,
-    /// Milliseconds since that report was accepted here.
+    /// Milliseconds since the node made that report (by the two nodes' wall clocks).
     pub report_age_ms: Option<u64>,
     /// Why its current value is refused, if it is.
     pub refused: Option<String>,
 }
 
 /// The cluster as this node sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterView {
     /// The cluster id.
     pub cluster: String,
@@ -219,7 +225,6 @@ pub struct ClusterView {
 struct Accepted {
     report: NodeReport,
     version: u64,
-    at: Instant,
 }
 
 #[derive(Default)]
@@ -371,7 +376,10 @@ impl Gossip {
     /// logged (once per bad value).
     pub async fn view(&self) -> ClusterView {
         let me = self.handle.chitchat_id().clone();
-        let (states, live): (Vec<(ChitchatId, Option<(String, u64)>)>, HashSet<ChitchatId>) = {
+        let (states, live): (
+            Vec<(ChitchatId, Option<(String, u64)>)>,
+            HashSet<ChitchatId>,
+        ) = {
             let cc = self.handle.chitchat();
             let cc = cc.lock().await;
             let live = cc.live_nodes().cloned().collect();
@@ -426,25 +434,21 @@ impl Gossip {
                 if let Some(why) = refused_before {
                     refused = Some(why);
                 } else if fresh {
-                    let checked = open(&value, &name, &self.config.cluster_id, key).and_then(|r| {
-                        match seen.accepted.get(&name) {
+                    let checked =
+                        open(&value, &name, &self.config.cluster_id, key).and_then(|r| match seen
+                            .accepted
+                            .get(&name)
+                        {
                             Some(a) if r.seq < a.report.seq => Err(format!(
                                 "sequence {} is below the last accepted, {}: a replayed report",
                                 r.seq, a.report.seq
                             )),
                             _ => Ok(r),
-                        }
-                    });
+                        });
                     match checked {
                         Ok(report) => {
-                            seen.accepted.insert(
-                                name.clone(),
-                                Accepted {
-                                    report,
-                                    version,
-                                    at: Instant::now(),
-                                },
-                            );
+                            seen.accepted
+                                .insert(name.clone(), Accepted { report, version });
                         }
                         Err(why) => {
                             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -461,7 +465,7 @@ impl Gossip {
                 me: id == me,
                 addr: id.gossip_advertise_addr,
                 report: accepted.map(|a| a.report.clone()),
-                report_age_ms: accepted.map(|a| a.at.elapsed().as_millis() as u64),
+                report_age_ms: accepted.map(|a| unix_ms().saturating_sub(a.report.at_unix_ms)),
                 refused,
                 node: name,
             });

@@ -43,7 +43,10 @@ impl Net {
     fn new(names: &[&str]) -> Net {
         let mut peers = BTreeMap::new();
         for (i, n) in names.iter().enumerate() {
-            peers.insert(n.to_string(), hex(key(i as u8 + 1).verifying_key().as_bytes()));
+            peers.insert(
+                n.to_string(),
+                hex(key(i as u8 + 1).verifying_key().as_bytes()),
+            );
         }
         Net {
             addrs: names.iter().map(|_| free_port()).collect(),
@@ -70,7 +73,10 @@ async fn until(g: &Gossip, what: &str, ok: impl Fn(&ClusterView) -> bool) -> Clu
         if ok(&v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "{what}: never happened; last view {v:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened; last view {v:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -106,8 +112,14 @@ async fn reports_reach_every_node_and_a_stopped_node_is_declared_dead() {
     }
     // A change reaches the others.
     nodes[1].publish(report(77.5)).await;
-    until(&nodes[0], "b's new temperature at a", |v| temp_of(v, "b") == Some(77.5)).await;
-    until(&nodes[2], "b's new temperature at c", |v| temp_of(v, "b") == Some(77.5)).await;
+    until(&nodes[0], "b's new temperature at a", |v| {
+        temp_of(v, "b") == Some(77.5)
+    })
+    .await;
+    until(&nodes[2], "b's new temperature at c", |v| {
+        temp_of(v, "b") == Some(77.5)
+    })
+    .await;
 
     // c stops: a and b declare it dead within 5 s.
     let c = nodes.pop().expect("c");
@@ -121,7 +133,10 @@ async fn reports_reach_every_node_and_a_stopped_node_is_declared_dead() {
     }
     let took = t.elapsed();
     eprintln!("failure detection: {took:?}");
-    assert!(took < Duration::from_secs(5), "c declared dead after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "c declared dead after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,9 +165,12 @@ async fn forged_replayed_foreign_and_stranger_values_are_refused() {
     as_a.cluster = "lab".into();
     c.set_raw(seal(&as_a, &key(3))).await;
     let v = until(&a, "c's forged report refused", |v| {
-        v.nodes
-            .iter()
-            .any(|p| p.node == "c" && p.refused.as_deref().is_some_and(|w| w.contains("names node")))
+        v.nodes.iter().any(|p| {
+            p.node == "c"
+                && p.refused
+                    .as_deref()
+                    .is_some_and(|w| w.contains("names node"))
+        })
     })
     .await;
     assert_eq!(temp_of(&v, "a"), Some(40.0));
@@ -165,9 +183,12 @@ async fn forged_replayed_foreign_and_stranger_values_are_refused() {
     mine.seq = 1;
     c.set_raw(seal(&mine, &key(200))).await;
     until(&a, "a badly signed report refused", |v| {
-        v.nodes
-            .iter()
-            .any(|p| p.node == "c" && p.refused.as_deref().is_some_and(|w| w.contains("signature")))
+        v.nodes.iter().any(|p| {
+            p.node == "c"
+                && p.refused
+                    .as_deref()
+                    .is_some_and(|w| w.contains("signature"))
+        })
     })
     .await;
 
@@ -193,23 +214,34 @@ async fn forged_replayed_foreign_and_stranger_values_are_refused() {
     foreign.seq = u64::MAX;
     c.set_raw(seal(&foreign, &key(3))).await;
     until(&a, "c's foreign report refused", |v| {
-        v.nodes.iter().any(|p| {
-            p.node == "c" && p.refused.as_deref().is_some_and(|w| w.contains("cluster"))
-        })
+        v.nodes
+            .iter()
+            .any(|p| p.node == "c" && p.refused.as_deref().is_some_and(|w| w.contains("cluster")))
     })
     .await;
 
     // A node of another cluster is never seen; a node not on the allow-list is a stranger.
     let mut other = net.config("x", 3, "elsewhere");
-    other.peers.insert("x".into(), hex(key(5).verifying_key().as_bytes()));
-    let x = Gossip::start(other, key(5), &UdpTransport).await.expect("x");
+    other
+        .peers
+        .insert("x".into(), hex(key(5).verifying_key().as_bytes()));
+    let x = Gossip::start(other, key(5), &UdpTransport)
+        .await
+        .expect("x");
     x.publish(report(30.0)).await;
     let mut stranger = net.config("z", 4, "lab");
-    stranger.peers.insert("z".into(), hex(key(9).verifying_key().as_bytes()));
-    let z = Gossip::start(stranger, key(9), &UdpTransport).await.expect("z");
+    stranger
+        .peers
+        .insert("z".into(), hex(key(9).verifying_key().as_bytes()));
+    let z = Gossip::start(stranger, key(9), &UdpTransport)
+        .await
+        .expect("z");
     z.publish(report(30.0)).await;
     let v = until(&a, "z listed as a stranger", |v| v.strangers == ["z"]).await;
-    assert!(v.nodes.iter().all(|p| p.node != "z" && p.node != "x"), "{v:#?}");
+    assert!(
+        v.nodes.iter().all(|p| p.node != "z" && p.node != "x"),
+        "{v:#?}"
+    );
     // Give x's gossip a few more rounds: still never seen.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v = a.view().await;

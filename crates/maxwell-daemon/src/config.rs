@@ -67,6 +67,18 @@ pids_max = 64
 opening_bid = "0.2 JOULE"
 # The most an agent may bid per slot.
 max_bid = "5 JOULE"
+
+# A cluster (absent: this node is alone). Nodes gossip their temperature, headroom, power,
+# prices, free slots and agents, each report signed by the node's key (see docs/cluster.md).
+# [cluster]
+# node = "a"                          # this node's name, unique in the cluster
+# cluster_id = "lab"                  # nodes of other clusters are ignored
+# listen = "127.0.0.1:7200"           # UDP gossip address
+# advertise = "10.0.0.5:7200"         # what peers dial (default: listen)
+# seeds = ["127.0.0.1:7201"]          # some other nodes to join through
+# gossip_interval_ms = 100
+# [cluster.peers]                     # the allow-list: node name = its public key (hex), this
+# a = "<64 hex digits>"               # node included; `maxwell ledger show` prints a node's key
 "#;
 
 /// The daemon's configuration.
@@ -88,6 +100,8 @@ pub struct Config {
     pub market: Market,
     /// Agent defaults.
     pub agents: Agents,
+    /// Membership of a cluster (absent: a single node). See docs/cluster.md.
+    pub cluster: Option<maxwell_cluster::ClusterConfig>,
 }
 
 /// Which sandbox hosts agents.
@@ -171,6 +185,7 @@ impl Default for Config {
             backend: Backend::Wasm,
             market: Market::default(),
             agents: Agents::default(),
+            cluster: None,
         }
     }
 }

@@ -72,6 +72,8 @@ struct App {
     /// a burst of spawns leaves a core to the tick thread instead of crowding every core with
     /// runnable threads.
     compiling: Arc<tokio::sync::Semaphore>,
+    /// This node's cluster membership, when the config has a `[cluster]` section.
+    cluster: Option<Arc<maxwell_cluster::Gossip>>,
 }
 
 impl IntoResponse for ApiError {
@@ -372,6 +374,56 @@ async fn prometheus(State(app): State<App>) -> Response {
     }
 }
 
+/// `GET /v1/cluster`: every node of the cluster as this one sees it.
+async fn cluster(State(app): State<App>) -> Result<Json<maxwell_cluster::ClusterView>, ApiError> {
+    match &app.cluster {
+        Some(g) => Ok(Json(g.view().await)),
+        None => Err(ApiError::new(
+            404,
+            "this daemon is not in a cluster; add a [cluster] section to its config \
+             (`maxwell daemon --print-config` shows one; docs/cluster.md)",
+        )),
+    }
+}
+
+/// Publishes this node's state to the cluster every gossip interval, from what the tick loop
+/// last published.
+async fn publish_to_cluster(
+    gossip: Arc<maxwell_cluster::Gossip>,
+    shared: Arc<Shared>,
+    temp_control_c: f64,
+) {
+    let every = std::time::Duration::from_millis(gossip.config().gossip_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let m = shared
+            .market
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        gossip
+            .publish(maxwell_cluster::NodeReport {
+                node: String::new(),
+                cluster: String::new(),
+                seq: 0,
+                at_unix_ms: 0,
+                temperature_c: m.temperature_c,
+                headroom_c: temp_control_c - m.temperature_c,
+                power_w: m.power_w,
+                reserve: m.reserve.0,
+                clearing: m.price.0,
+                free_slots: m
+                    .supply
+                    .saturating_sub(u32::try_from(m.depth).unwrap_or(u32::MAX)),
+                agents: u32::try_from(m.alive).unwrap_or(u32::MAX),
+                physics: m.energy_source.clone(),
+            })
+            .await;
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         404,
@@ -393,6 +445,7 @@ fn router(app: App) -> Router {
         .route("/v1/bounty-pool/fund", post(fund_pool))
         .route("/v1/events", get(events))
         .route("/v1/stats", get(stats))
+        .route("/v1/cluster", get(cluster))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
         .with_state(app)
@@ -546,6 +599,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let source = physics.energy_source().clone();
     let mut market_config = maxwell_node::tuned_for(config.market_config(), &physics);
     market_config.seed = random_seed();
+    let temp_control_c = f64::from(market_config.pid.temp_control.0) / 1000.0;
+    let cluster_key = match &config.cluster {
+        Some(c) => {
+            let key = maxwell_ledger::load_or_create_key(&data.join("node.key"))?;
+            // Checked before anything starts: a bad allow-list is a config error.
+            c.check(&key.verifying_key())?;
+            Some(key)
+        }
+        None => None,
+    };
     let sandbox = open_sandbox(config.backend)?;
     let backend = match config.backend {
         Backend::Wasm => "wasm",
@@ -660,11 +723,31 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 .saturating_sub(1)
                 .max(1),
         )),
+        cluster: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let mut app = app;
+    if let (Some(c), Some(key)) = (&config.cluster, cluster_key) {
+        let gossip = rt.block_on(maxwell_cluster::Gossip::start(
+            c.clone(),
+            key,
+            &maxwell_cluster::UdpTransport,
+        ))?;
+        tracing::info!(
+            node = %c.node, cluster = %c.cluster_id, listen = %c.listen,
+            peers = c.peers.len(), "cluster: gossiping"
+        );
+        let gossip = Arc::new(gossip);
+        rt.spawn(publish_to_cluster(
+            gossip.clone(),
+            shared.clone(),
+            temp_control_c,
+        ));
+        app.cluster = Some(gossip);
+    }
     let served = rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;

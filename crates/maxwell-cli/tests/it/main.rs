@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure should panic
 
 mod auction;
+mod cluster;
 mod daemon;
 mod ebpf;
 mod experiment;
