@@ -222,6 +222,9 @@ pub struct ClusterView {
     pub strangers: Vec<String>,
 }
 
+/// A gossiped value and its chitchat version.
+type Value = (String, u64);
+
 struct Accepted {
     report: NodeReport,
     version: u64,
@@ -376,10 +379,7 @@ impl Gossip {
     /// logged (once per bad value).
     pub async fn view(&self) -> ClusterView {
         let me = self.handle.chitchat_id().clone();
-        let (states, live): (
-            Vec<(ChitchatId, Option<(String, u64)>)>,
-            HashSet<ChitchatId>,
-        ) = {
+        let (states, live): (Vec<(ChitchatId, Option<Value>)>, HashSet<ChitchatId>) = {
             let cc = self.handle.chitchat();
             let cc = cc.lock().await;
             let live = cc.live_nodes().cloned().collect();
@@ -399,7 +399,7 @@ impl Gossip {
         };
         // The newest generation of each node name wins (a restarted node rejoins with a new
         // one; its old generation lingers until deleted).
-        let mut newest: BTreeMap<String, (ChitchatId, Option<(String, u64)>)> = BTreeMap::new();
+        let mut newest: BTreeMap<String, (ChitchatId, Option<Value>)> = BTreeMap::new();
         for (id, v) in states {
             match newest.get(&*id.node_id) {
                 Some((old, _)) if old.generation_id >= id.generation_id => {}
